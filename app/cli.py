@@ -1,0 +1,82 @@
+"""The ``infergate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from app.config import ConfigError, load_config
+from engine import __version__
+from engine.server import Server
+
+log = logging.getLogger("infergate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infergate",
+        description="Inference appliance: HTTP/1.1 on uvloop reactors with dynamic batching.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: built-in)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override `listen` (port 0: any free)")
+    p.add_argument(
+        "--sub-reactors", metavar="N", type=int, help="override `sub_reactors` (0: one per core)"
+    )
+    p.add_argument("--headless", action="store_true", help="run without the terminal dashboard")
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the config and exit (0 if valid)"
+    )
+    p.add_argument("--version", action="version", version=f"infergate {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("INFERGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, Any] = {}
+    if args.listen is not None:
+        overrides["listen"] = args.listen
+    if args.sub_reactors is not None:
+        overrides["sub_reactors"] = args.sub_reactors
+    try:
+        loaded = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"infergate: {e}", file=sys.stderr)
+        return 2
+    cfg = loaded.server
+    if args.check_config:
+        print(f"config OK: {loaded.source}")
+        return 0
+    if loaded.static_root is None:
+        log.warning("no static files: folder %r not found", cfg.static_root)
+    if not args.headless and sys.stdout.isatty():
+        log.info("the dashboard is not built yet; running headless")
+    try:
+        server = Server(cfg, loaded.static_root)
+        host, port = server.start()
+    except OSError as e:
+        print(f"infergate: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
+        return 1
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready() -> None:
+        print(
+            f"infergate {__version__} listening on http://{shown}:{port} "
+            f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
+            f"{loaded.static_root or 'off'})",
+            flush=True,
+        )
+
+    cut = server.run(install_signals=True, on_ready=ready)
+    return 0 if cut == 0 else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""``/healthz`` (readiness for load balancers) and ``/metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from engine.http.request import Request
+from engine.http.response import Response, json_response
+from engine.http.router import Router
+
+_OK = json_response({"status": "ok"})
+_DRAINING = json_response({"status": "draining"}, 503, [(b"Retry-After", b"1")])
+
+
+def add_health_routes(
+    router: Router, registry: CollectorRegistry, is_draining: Callable[[], bool]
+) -> None:
+    """Route ``GET /healthz`` and ``GET /metrics``.
+
+    ``/healthz`` answers 503 while the server drains, so a load balancer stops sending new
+    requests before the connections close.
+    """
+
+    def healthz(_req: Request) -> Response:
+        return _DRAINING if is_draining() else _OK
+
+    content_type = CONTENT_TYPE_LATEST.encode("latin-1")
+
+    def metrics(_req: Request) -> Response:
+        return Response(generate_latest(registry), 200, content_type)
+
+    router.add(["GET"], "/healthz", healthz)
+    router.add(["GET"], "/metrics", metrics)

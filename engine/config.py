@@ -1,0 +1,93 @@
+"""Typed, frozen configuration of the serving engine.
+
+The structs are decoded by msgspec, which reports errors with the path of the offending key
+(``Expected `int` >= 1024 - at `$.limits.max_header_bytes```). ``app.config`` loads the TOML file
+and turns those errors into a start-up failure; the engine only ever sees valid values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+import msgspec
+
+PositiveMs = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600 * 1000)]
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-request and per-connection limits; every external input is bounded by one of these."""
+
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16384
+    """Request line + header fields, after which the answer is 431."""
+    max_uri_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 8192
+    """Request target length, after which the answer is 414."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 34)] = 8 * 1024 * 1024
+    """Request body (Content-Length or chunked total), after which the answer is 413."""
+    header_timeout_ms: PositiveMs = 10_000
+    """Time a client has to send a complete request head (request line and headers)."""
+    idle_timeout_ms: PositiveMs = 60_000
+    """Keep-alive connection with nothing in flight is closed after this long."""
+    drain_timeout_ms: PositiveMs = 10_000
+    """On shutdown, in-flight requests get this long to finish before connections are cut."""
+    max_pipelined: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
+    """Unanswered pipelined requests per connection before the server stops reading from it."""
+    write_high_water: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 256 * 1024
+    """Unsent bytes per connection above which reading from that client pauses."""
+    write_low_water: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 64 * 1024
+    """Unsent bytes per connection below which reading resumes."""
+
+    def __post_init__(self) -> None:
+        if self.write_low_water > self.write_high_water:
+            raise ValueError("limits.write_low_water must not exceed limits.write_high_water")
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Network side of the appliance: where to listen and how to spread connections."""
+
+    listen: str = "0.0.0.0:8080"
+    """``HOST:PORT``; IPv6 hosts in brackets (``[::1]:8080``). Port 0 picks a free port."""
+    sub_reactors: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    """Number of sub-reactor threads; 0 means one per CPU core."""
+    accept_mode: Literal["handoff", "reuseport"] = "handoff"
+    """``handoff``: the main reactor accepts and hands connections round robin to sub-reactors.
+    ``reuseport``: every sub-reactor accepts on its own SO_REUSEPORT socket."""
+    static_root: str = "public"
+    """Folder served at ``/`` and ``/public/``; relative paths are relative to the config file."""
+    access_log: bool = False
+    """Log one line per request (off by default: it costs throughput)."""
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[V6]:PORT``) and validate both parts.
+
+    Raises:
+        ValueError: with a message that names the bad part.
+    """
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"listen port must be 0..65535, got {port_s!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"listen host must be an IP address or localhost, got {host!r}"
+            ) from None
+    return host, int(port_s)

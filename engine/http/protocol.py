@@ -1,0 +1,706 @@
+"""HTTP/1.1 server protocol over httptools (llhttp), one instance per connection.
+
+Callbacks never block: bytes are parsed, a request is dispatched to its handler, and the
+response is queued in request order. Responses produced while one ``data_received`` call is
+parsing (a pipelined burst) are joined and sent with one write. Handlers may return a response
+or an awaitable; awaitables run as one task per request and their responses still leave in
+request order.
+
+llhttp already rejects most request-smuggling vectors (CL with TE, duplicate CL, whitespace
+before a colon, obs-fold, bare CR/LF, control bytes, a TE list not ending in chunked). This
+module adds: Host count, TE in HTTP/1.0, transfer codings other than chunked (501), versions
+other than 1.0/1.1 (505), methods outside the supported set (501), and every size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+from engine.config import Limits
+from engine.http.request import Request
+from engine.http.response import (
+    LAST_CHUNK,
+    AnyResponse,
+    FileResponse,
+    Response,
+    StreamResponse,
+    chunk,
+    encode_head,
+    encode_response,
+    error_response,
+)
+from engine.http.router import SUPPORTED_METHODS, Router
+from engine.stats import ReactorStats
+
+log = logging.getLogger("infergate.http")
+access_log = logging.getLogger("infergate.access")
+
+FILE_CHUNK = 256 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONN_CLOSE = b"Connection: close\r\n"
+CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_METHODS = {m.encode(): m for m in SUPPORTED_METHODS}
+_INF = float("inf")
+
+# What the connection's deadline means when it passes.
+_DL_HEAD, _DL_BODY, _DL_IDLE, _DL_BUSY, _DL_LINGER = range(5)
+# Why reading is paused (bit flags).
+_PAUSE_WRITE, _PAUSE_PIPELINE, _PAUSE_CLOSING = 1, 2, 4
+LINGER_SECONDS = 2.0
+
+
+class HttpError(Exception):
+    """A request the server refuses; raised inside parser callbacks, answered in order."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _StopParsing(Exception):
+    """Raised in a callback to stop reading requests after a ``Connection: close`` one."""
+
+
+class HttpContext:
+    """State shared by the connections of one sub-reactor. Owned by that reactor's loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        router: Router,
+        limits: Limits,
+        stats: ReactorStats,
+        file_executor: ThreadPoolExecutor,
+        access_log: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.router = router
+        self.limits = limits
+        self.stats = stats
+        self.file_executor = file_executor
+        self.access_log = access_log
+        self.connections: set[HttpProtocol] = set()
+        self.shutting_down = False
+        self.date_line = b""
+        self.date_second = -1
+        self.update_date()
+
+    def update_date(self) -> None:
+        """Refresh the cached ``Date:`` header line (called by the reactor's tick)."""
+        now = int(time.time())
+        if now != self.date_second:
+            self.date_second = now
+            self.date_line = b"Date: %s\r\n" % time.strftime(
+                "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)
+            ).encode("latin-1")
+
+    def sweep(self, now: float) -> None:
+        """Fire connection deadlines that have passed. Owning loop only."""
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.on_deadline()
+
+
+class _Slot:
+    """A response waiting for its turn (pipelining) or for its handler to finish."""
+
+    __slots__ = ("req", "resp")
+
+    def __init__(self, req: Request | None, resp: AnyResponse | None) -> None:
+        self.req = req
+        self.resp = resp
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection. Lives on one sub-reactor's loop; not thread-safe."""
+
+    __slots__ = (
+        "body_len",
+        "body_parts",
+        "closing",
+        "content_length",
+        "ctx",
+        "deadline",
+        "deadline_kind",
+        "drain_waiter",
+        "expect",
+        "handler",
+        "head_raw",
+        "head_size",
+        "headers",
+        "host_count",
+        "in_head",
+        "inflight",
+        "lingering",
+        "loop",
+        "out",
+        "parser",
+        "pause_reasons",
+        "pending",
+        "route",
+        "streaming",
+        "t0",
+        "tasks",
+        "te",
+        "transport",
+        "url",
+    )
+
+    def __init__(self, ctx: HttpContext) -> None:
+        # shared by the reactor's connections, read-only here
+        self.ctx = ctx
+        self.loop = ctx.loop
+        # per connection
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[_Slot] = deque()
+        self.out: list[bytes] | None = None
+        self.inflight = 0
+        self.streaming = False
+        self.closing = False
+        self.lingering = False
+        self.pause_reasons = 0
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.deadline = _INF
+        self.deadline_kind = _DL_HEAD
+        # per request (the one being parsed)
+        self.in_head = False
+        self.head_raw = 0
+        self.head_size = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host_count = 0
+        self.content_length = -1
+        self.te: bytes | None = None
+        self.expect: bytes | None = None
+        self.body_parts: list[bytes] = []
+        self.body_len = 0
+        self.handler: Any = None
+        self.route: Any = None
+        self.t0 = 0.0
+
+    # ---- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        lim = self.ctx.limits
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=lim.write_high_water, low=lim.write_low_water
+        )
+        self.ctx.connections.add(self)
+        stats = self.ctx.stats
+        stats.connections_open += 1
+        stats.connections_total += 1
+        self._set_deadline(_DL_HEAD, lim.header_timeout_ms)
+        if self.ctx.shutting_down:
+            self.begin_shutdown()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self.ctx.stats.connections_open -= 1
+        self.closing = True
+        self.deadline = _INF
+        for task in self.tasks:
+            task.cancel()
+        for slot in self.pending:
+            if isinstance(slot.resp, FileResponse):
+                slot.resp.file.close()
+        self.pending.clear()
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._pause(_PAUSE_WRITE)
+
+    def resume_writing(self) -> None:
+        self._resume(_PAUSE_WRITE)
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        # The client finished sending. Answer what is in flight, then close (return False).
+        self.closing = True
+        return bool(self.inflight or self.pending or self.streaming)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # after an error or Connection: close, further bytes are discarded
+        ctx = self.ctx
+        ctx.stats.bytes_in += len(data)
+        if self.in_head:
+            # httptools buffers an unfinished header line itself: bound it here, coarsely.
+            self.head_raw += len(data)
+            lim = ctx.limits
+            if self.head_raw > lim.max_header_bytes + lim.max_uri_bytes:
+                self._fail(431, "request header fields too large")
+                return
+        elif self.deadline_kind == _DL_BODY:
+            self.deadline = self.loop.time() + ctx.limits.idle_timeout_ms / 1000
+        self.out = out = []  # type: list[bytes]
+        try:
+            self.parser.feed_data(data)
+        except _StopParsing:
+            pass
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _StopParsing):
+                pass
+            elif isinstance(cause, HttpError):
+                self._fail(cause.status, cause.message)
+            else:
+                log.error("request parsing failed", exc_info=cause)
+                self._fail(500, "internal error while parsing the request")
+        except httptools.HttpParserUpgrade:
+            # The request was answered; this server speaks no other protocol on this connection.
+            self._stop_reading()
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(501, "method not implemented")
+        except httptools.HttpParserError as e:
+            msg = str(e) or "malformed request"
+            self._fail(505 if "version" in msg else 400, msg)
+        finally:
+            self.out = None
+            if out:
+                data_out = out[0] if len(out) == 1 else b"".join(out)
+                assert self.transport is not None
+                self.transport.write(data_out)
+
+    # ---- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise _StopParsing
+        self.t0 = time.perf_counter()
+        self.in_head = True
+        self.head_raw = 0
+        self.head_size = 0
+        self.url = b""
+        self.headers = []
+        self.host_count = 0
+        self.content_length = -1
+        self.te = None
+        self.expect = None
+        self.body_parts = []
+        self.body_len = 0
+        self._set_deadline(_DL_HEAD, self.ctx.limits.header_timeout_ms)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.ctx.limits.max_uri_bytes:
+            raise HttpError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size + len(self.url) > self.ctx.limits.max_header_bytes:
+            raise HttpError(431, "request header fields too large")
+        name = name.lower()
+        if name == b"host":
+            self.host_count += 1
+        elif name == b"content-length":
+            self.content_length = int(value)  # llhttp has validated the digits
+        elif name == b"transfer-encoding":
+            self.te = value if self.te is None else self.te + b"," + value
+        elif name == b"expect":
+            self.expect = value
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        p = self.parser
+        version = p.get_http_version()
+        if version not in {"1.1", "1.0"}:
+            raise HttpError(505, f"HTTP version {version} is not supported")
+        mb = p.get_method()
+        method = _METHODS.get(mb)
+        if method is None:
+            raise HttpError(501, f"method {mb.decode('latin-1')} not implemented")
+        if version == "1.1" and self.host_count != 1:
+            raise HttpError(400, "exactly one Host header is required")
+        if self.host_count > 1:
+            raise HttpError(400, "duplicate Host header")
+        if self.te is not None:
+            self._check_transfer_encoding(version)
+        lim = self.ctx.limits
+        if self.content_length > lim.max_body_bytes:
+            raise HttpError(413, f"request body larger than {lim.max_body_bytes} bytes")
+        if self.expect is not None:
+            self._expect_continue(version)
+        self._set_deadline(_DL_BODY, lim.idle_timeout_ms)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_len += len(body)
+        if self.body_len > self.ctx.limits.max_body_bytes:
+            raise HttpError(413, f"request body larger than {self.ctx.limits.max_body_bytes} bytes")
+        self.body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        parts = self.body_parts
+        body = b"" if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
+        p = self.parser
+        url = self.url
+        method = _METHODS[p.get_method()]
+        raw_path, query = _split_target(url)
+        try:
+            path = _decode_path(raw_path)
+        except ValueError as e:
+            raise HttpError(400, str(e)) from None
+        keep_alive = p.should_keep_alive() and not self.ctx.shutting_down
+        req = Request(
+            method,
+            raw_path,
+            path,
+            query,
+            p.get_http_version(),
+            self.headers,
+            body,
+            keep_alive,
+            self,
+        )
+        req.t0 = self.t0
+        self.deadline = _INF
+        self.deadline_kind = _DL_BUSY
+        if not keep_alive:
+            self._stop_reading()
+        self.inflight += 1
+        if self.inflight >= self.ctx.limits.max_pipelined:
+            self._pause(_PAUSE_PIPELINE)
+        self._dispatch(req)
+
+    # ---- request handling --------------------------------------------------------------------
+
+    def _check_transfer_encoding(self, version: str) -> None:
+        assert self.te is not None
+        if version == "1.0":
+            raise HttpError(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests")
+        codings = [c.strip().lower() for c in self.te.split(b",")]
+        if codings[-1] != b"chunked":
+            raise HttpError(400, "Transfer-Encoding must end with chunked")
+        if len(codings) > 1:
+            raise HttpError(501, "only the chunked transfer coding is implemented")
+
+    def _expect_continue(self, version: str) -> None:
+        assert self.expect is not None
+        if self.expect.lower() != b"100-continue":
+            raise HttpError(417, "only 'Expect: 100-continue' is supported")
+        has_body = self.content_length > 0 or self.te is not None
+        # 100 goes out only when it cannot overtake an earlier response on this connection.
+        if version == "1.1" and has_body and not self.pending and not self.streaming:
+            self._write(CONTINUE)
+
+    def _dispatch(self, req: Request) -> None:
+        method = req.method
+        handler, route = self.ctx.router.resolve(method, req.path)
+        result: AnyResponse | Awaitable[AnyResponse]
+        if handler is None:
+            if route is not None:
+                if method == "OPTIONS":
+                    result = Response(b"", 204, b"", [(b"Allow", route.allow)])
+                else:
+                    allow = [(b"Allow", route.allow)]
+                    result = error_response(405, f"method {method} not allowed", headers=allow)
+            elif method == "OPTIONS" and req.raw_path == b"*":
+                result = Response(b"", 204, b"", [(b"Allow", b", ".join(sorted(_METHODS)))])
+            else:
+                result = error_response(404, f"no route for {req.path}")
+        else:
+            try:
+                result = handler(req)
+            except Exception:
+                log.exception("handler for %s %s failed", method, req.path)
+                result = error_response(500, "internal error")
+        if type(result) is Response or isinstance(result, FileResponse | StreamResponse | Response):
+            self._respond(req, result)
+        else:
+            slot = _Slot(req, None)
+            self.pending.append(slot)
+            task = self.loop.create_task(self._await_handler(slot, result))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _await_handler(self, slot: _Slot, aw: Awaitable[AnyResponse]) -> None:
+        try:
+            resp = await aw
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            assert slot.req is not None
+            log.exception("handler for %s %s failed", slot.req.method, slot.req.path)
+            resp = error_response(500, "internal error")
+        slot.resp = resp
+        self._flush_pending()
+
+    def _respond(self, req: Request | None, resp: AnyResponse) -> None:
+        """Send now if nothing is ahead of this response, otherwise queue it in order."""
+        if self.pending or self.streaming:
+            self.pending.append(_Slot(req, resp))
+        else:
+            self._send(req, resp)
+
+    def _flush_pending(self) -> None:
+        pending = self.pending
+        while pending and not self.streaming and pending[0].resp is not None:
+            slot = pending.popleft()
+            assert slot.resp is not None
+            self._send(slot.req, slot.resp)
+
+    def _send(self, req: Request | None, resp: AnyResponse) -> None:
+        if self.transport is None or self.transport.is_closing():
+            if isinstance(resp, FileResponse):
+                resp.file.close()
+            return
+        ctx = self.ctx
+        keep_alive = req is not None and req.keep_alive and not ctx.shutting_down
+        if keep_alive:
+            assert req is not None
+            connection = CONN_KEEP_ALIVE if req.version == "1.0" else b""
+        else:
+            connection = CONN_CLOSE
+        head_only = req is not None and req.method == "HEAD"
+        if isinstance(resp, Response):
+            data = encode_response(resp, ctx.date_line, connection, head_only)
+            self._write(data)
+            self._done(req, resp.status, keep_alive)
+        else:
+            self.streaming = True
+            task = self.loop.create_task(self._stream(req, resp, connection, head_only, keep_alive))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _done(self, req: Request | None, status: int, keep_alive: bool) -> None:
+        """Bookkeeping after a final response has been handed to the transport."""
+        ctx = self.ctx
+        t0 = req.t0 if req is not None else self.t0
+        ctx.stats.observe_response(status, time.perf_counter() - t0)
+        if ctx.access_log and req is not None:
+            access_log.info(
+                "%s %s HTTP/%s %d %.3fms",
+                req.method,
+                req.raw_path.decode("latin-1"),
+                req.version,
+                status,
+                (time.perf_counter() - t0) * 1000,
+            )
+        if req is not None:
+            self.inflight -= 1
+            if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.limits.max_pipelined:
+                self._resume(_PAUSE_PIPELINE)
+        if not keep_alive or self.closing:
+            self._stop_reading()
+            self._close_when_sent()
+        elif self.inflight == 0 and not self.in_head:
+            self._set_deadline(_DL_IDLE, ctx.limits.idle_timeout_ms)
+
+    async def _stream(
+        self,
+        req: Request | None,
+        resp: FileResponse | StreamResponse,
+        connection: bytes,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> None:
+        ok = True
+        try:
+            if isinstance(resp, FileResponse):
+                head = encode_head(
+                    resp.status, self.ctx.date_line, resp.content_type, resp.count, resp.headers,
+                    connection,
+                )  # fmt: skip
+                self._write(head)
+                if not head_only:
+                    ok = await self._stream_file(resp)
+            else:
+                chunked = req is not None and req.version == "1.1"
+                if not chunked:
+                    keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+                    connection = CONN_CLOSE
+                head = encode_head(
+                    resp.status, self.ctx.date_line, resp.content_type, None if chunked else -1,
+                    resp.headers, connection,
+                )  # fmt: skip
+                self._write(head)
+                if not head_only:
+                    ok = await self._stream_chunks(resp, chunked)
+        except Exception:
+            log.exception("streaming a response failed")
+            ok = False
+        finally:
+            if isinstance(resp, FileResponse):
+                resp.file.close()
+            elif not head_only:
+                await _aclose(resp)
+        self.streaming = False
+        if not ok:
+            if self.transport is not None:
+                self.transport.abort()  # the promised length cannot be delivered
+            return
+        self._done(req, resp.status, keep_alive)
+        self._flush_pending()
+
+    async def _stream_file(self, resp: FileResponse) -> bool:
+        fd = resp.file.fileno()
+        offset, remaining = resp.offset, resp.count
+        executor = self.ctx.file_executor
+        while remaining > 0:
+            n = min(FILE_CHUNK, remaining)
+            data = await self.loop.run_in_executor(executor, os.pread, fd, n, offset)
+            if not data or self.transport is None or self.transport.is_closing():
+                return False  # file shrank, or the client went away
+            self._write(data)
+            offset += len(data)
+            remaining -= len(data)
+            if self.pause_reasons & _PAUSE_WRITE:
+                await self._drain()
+        return True
+
+    async def _stream_chunks(self, resp: StreamResponse, chunked: bool) -> bool:
+        async for piece in resp.chunks:
+            if self.transport is None or self.transport.is_closing():
+                return False
+            if piece:
+                self._write(chunk(piece) if chunked else piece)
+            if self.pause_reasons & _PAUSE_WRITE:
+                await self._drain()
+        if chunked:
+            self._write(LAST_CHUNK)
+        return True
+
+    # ---- output, flow control, deadlines -----------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.ctx.stats.bytes_out += len(data)
+        out = self.out
+        if out is not None:
+            out.append(data)
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    async def _drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiter = waiter
+        await waiter
+
+    def _wake_drain(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pause(self, reason: int) -> None:
+        if not self.pause_reasons and self.transport is not None:
+            self.transport.pause_reading()
+        self.pause_reasons |= reason
+
+    def _resume(self, reason: int) -> None:
+        was = self.pause_reasons
+        self.pause_reasons &= ~reason
+        transport = self.transport
+        if was and not self.pause_reasons and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        """Read no further requests on this connection."""
+        self.closing = True
+        self.in_head = False
+        self._pause(_PAUSE_CLOSING)
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a refused request (after the responses ahead of it) and close the connection."""
+        self._stop_reading()
+        self.lingering = True
+        self._respond(None, error_response(status, message))
+
+    def _close_when_sent(self) -> None:
+        if self.transport is None or self.pending or self.streaming:
+            return
+        if self.out:
+            # inside data_received: the final write happens in its finally block first
+            self.loop.call_soon(self._close_when_sent)
+            return
+        if self.lingering and self.transport.can_write_eof():
+            # Lingering close: send FIN but keep reading (and discarding) for a moment, so
+            # an unread request body does not turn into a RST that destroys our response.
+            self.transport.write_eof()
+            self._resume(_PAUSE_CLOSING)
+            self._set_deadline(_DL_LINGER, int(LINGER_SECONDS * 1000))
+        else:
+            self.transport.close()
+
+    def _set_deadline(self, kind: int, ms: int) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + ms / 1000
+
+    def on_deadline(self) -> None:
+        """The connection's deadline passed (called by the reactor's sweep)."""
+        kind = self.deadline_kind
+        self.deadline = _INF
+        if self.transport is None or self.transport.is_closing():
+            return
+        if kind == _DL_HEAD and self.in_head:
+            self._fail(408, "request head not received in time")
+        elif kind == _DL_BODY:
+            self._fail(408, "request body not received in time")
+        else:
+            # idle keep-alive connection, nothing received yet, or a finished lingering close
+            self.transport.close()
+
+    def begin_shutdown(self) -> None:
+        """Finish what is in flight with ``Connection: close``, then close. Owning loop only."""
+        if self.inflight == 0 and not self.pending and not self.streaming:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._stop_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _split_target(url: bytes) -> tuple[bytes, bytes]:
+    """(path, query) of an origin-form, absolute-form or asterisk-form request target."""
+    if url[:1] == b"/":
+        path, _, query = url.partition(b"?")
+        return path, query
+    if url == b"*":
+        return b"*", b""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise HttpError(400, "malformed request target") from None
+    return parsed.path or b"/", parsed.query or b""
+
+
+def _decode_path(raw: bytes) -> str:
+    """Percent-decode a path once, as UTF-8. Raises ValueError for invalid bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("request path is not valid UTF-8") from None
+    if "%" not in text:
+        return text
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("percent-encoded request path is not valid UTF-8") from None
+
+
+async def _aclose(resp: StreamResponse) -> None:
+    aclose = getattr(resp.chunks, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing a response stream failed")

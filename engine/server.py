@@ -1,0 +1,85 @@
+"""The serving engine assembled: router, reactors, listeners, metrics."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from collections.abc import Callable
+
+from prometheus_client.registry import CollectorRegistry
+
+from engine.api.health import add_health_routes
+from engine.config import ServerConfig
+from engine.http.router import Router
+from engine.http.static import StaticFiles
+from engine.net.reactor import MainReactor, SubReactor, open_listeners
+from engine.stats import HttpCollector
+
+log = logging.getLogger("infergate")
+
+
+class Server:
+    """Binds, starts the sub-reactors, and runs the main reactor until stopped.
+
+    ``static_root`` must be absolute (``app.config`` resolves it against the config file).
+    Extra routes can be added to ``router`` before ``start``.
+    """
+
+    def __init__(self, config: ServerConfig, static_root: str | None = None) -> None:
+        self.config = config
+        self.router = Router()
+        self.registry = CollectorRegistry(auto_describe=True)
+        n = config.sub_reactors or os.cpu_count() or 1
+        self.file_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="infergate-file"
+        )
+        self.subs = [
+            SubReactor(i, self.router, config.limits, self.file_executor, config.access_log)
+            for i in range(n)
+        ]
+        self.registry.register(HttpCollector([s.stats for s in self.subs]))
+        add_health_routes(self.router, self.registry, self.is_draining)
+        if static_root is not None:
+            if not os.path.isdir(static_root):
+                raise FileNotFoundError(f"static_root {static_root!r} is not a folder")
+            self.router.add(["GET"], "/public/", StaticFiles(static_root, "/public/"), prefix=True)
+            self.router.add(["GET"], "/", StaticFiles(static_root, "/"), prefix=True)
+        self.main: MainReactor | None = None
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> tuple[str, int]:
+        """Bind the listener(s) and start the sub-reactor threads; returns (host, port)."""
+        cfg = self.config
+        reuseport = cfg.accept_mode == "reuseport"
+        listeners = open_listeners(cfg.host, cfg.port, len(self.subs), reuseport)
+        for sub in self.subs:
+            sub.start()
+        if reuseport:
+            for sub, sock in zip(self.subs, listeners, strict=True):
+                sub.serve_reuseport(sock)
+        self.main = MainReactor(
+            self.subs, listeners, cfg.accept_mode, cfg.limits.drain_timeout_ms / 1000
+        )
+        host, port = listeners[0].getsockname()[:2]
+        self.address = (host, port)
+        return host, port
+
+    def run(self, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
+        """Serve on the calling thread until stopped; returns connections cut at the drain."""
+        if self.main is None:
+            self.start()
+        assert self.main is not None
+        try:
+            return self.main.run(install_signals, on_ready=on_ready)
+        finally:
+            self.file_executor.shutdown(wait=False, cancel_futures=True)
+
+    def is_draining(self) -> bool:
+        """True once graceful shutdown has begun. Thread-safe (reads flags)."""
+        return any(s.ctx.shutting_down for s in self.subs)
+
+    def stop(self) -> None:
+        """Begin graceful shutdown. Thread-safe."""
+        if self.main is not None:
+            self.main.request_stop()

@@ -1,0 +1,134 @@
+"""Counters and histograms with one writer each, read as snapshots by anyone.
+
+Every sub-reactor owns one :class:`ReactorStats` and is its only writer, so the request path
+never takes a lock: an increment is a plain attribute update on an object no other thread writes.
+Readers (``/metrics`` on any reactor, the TUI later) sum the per-reactor objects; a reader may see
+one reactor's counters a request apart from another's, never a torn value (ints are replaced
+atomically under the GIL).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# Request duration buckets (seconds), from 50 µs (a cached static file) to 10 s.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ReactorStats:
+    """Counters of one sub-reactor. Not thread-safe for writing: only the owning loop writes."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connections_open",
+        "connections_total",
+        "duration_buckets",
+        "duration_count",
+        "duration_sum",
+        "responses_by_class",
+    )
+
+    def __init__(self) -> None:
+        self.connections_open = 0
+        self.connections_total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # index = status // 100 (1xx..5xx); index 0 unused
+        self.responses_by_class = [0, 0, 0, 0, 0, 0]
+        # one slot per bucket plus +Inf
+        self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.duration_count = 0
+
+    def observe_response(self, status: int, seconds: float) -> None:
+        """Count one final response. Owning loop only."""
+        self.responses_by_class[status // 100] += 1
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSnapshot:
+    """Totals over all reactors at one moment."""
+
+    connections_open: int
+    connections_total: int
+    bytes_in: int
+    bytes_out: int
+    responses_by_class: tuple[int, ...]
+    duration_buckets: tuple[int, ...]
+    duration_sum: float
+    duration_count: int
+
+
+def snapshot(reactors: Iterable[ReactorStats]) -> HttpSnapshot:
+    """Sum the counters of several reactors. Thread-safe: only reads."""
+    conn_open = conn_total = b_in = b_out = count = 0
+    total = 0.0
+    classes = [0] * 6
+    buckets = [0] * (len(DURATION_BUCKETS) + 1)
+    for r in reactors:
+        conn_open += r.connections_open
+        conn_total += r.connections_total
+        b_in += r.bytes_in
+        b_out += r.bytes_out
+        count += r.duration_count
+        total += r.duration_sum
+        for i, v in enumerate(r.responses_by_class):
+            classes[i] += v
+        for i, v in enumerate(r.duration_buckets):
+            buckets[i] += v
+    return HttpSnapshot(
+        conn_open, conn_total, b_in, b_out, tuple(classes), tuple(buckets), total, count
+    )
+
+
+class HttpCollector(Collector):
+    """Prometheus collector that renders the per-reactor counters at scrape time."""
+
+    def __init__(self, reactors: Sequence[ReactorStats]) -> None:
+        self._reactors = reactors
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        snap = snapshot(self._reactors)
+        yield GaugeMetricFamily(
+            "infergate_http_connections_open", "Open client connections.", snap.connections_open
+        )
+        yield CounterMetricFamily(
+            "infergate_http_connections",
+            "Client connections accepted.",
+            snap.connections_total,
+        )
+        yield CounterMetricFamily(
+            "infergate_http_received_bytes", "Bytes read from clients.", snap.bytes_in
+        )
+        yield CounterMetricFamily(
+            "infergate_http_sent_bytes", "Bytes sent to clients.", snap.bytes_out
+        )
+        by_class = CounterMetricFamily(
+            "infergate_http_responses", "Final responses by status class.", labels=["code"]
+        )
+        for cls in range(1, 6):
+            by_class.add_metric([f"{cls}xx"], snap.responses_by_class[cls])
+        yield by_class
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), snap.duration_buckets, strict=True):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            "infergate_http_request_duration_seconds",
+            "Time from the first byte of a request to its response being queued for sending.",
+            buckets=cumulative,
+            sum_value=snap.duration_sum,
+        )
