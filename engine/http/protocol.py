@@ -39,7 +39,7 @@ from engine.http.response import (
     encode_response,
     error_response,
 )
-from engine.http.router import SUPPORTED_METHODS, Router
+from engine.http.router import SUPPORTED_METHODS, Route, Router
 from engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.http")
@@ -92,6 +92,17 @@ class HttpContext:
         self.access_log = access_log
         self.connections: set[HttpProtocol] = set()
         self.shutting_down = False
+        # Limits in the units the hot path compares with (seconds, bytes), read per request.
+        self.header_timeout_s = limits.header_timeout_ms / 1000
+        self.idle_timeout_s = limits.idle_timeout_ms / 1000
+        self.max_uri = limits.max_uri_bytes
+        self.max_header = limits.max_header_bytes
+        self.max_body = limits.max_body_bytes
+        self.max_pipelined = limits.max_pipelined
+        self.now = loop.time()
+        """The loop's clock at the last tick. Deadlines are set from it instead of calling
+        ``loop.time()`` several times per request (measured: 3 calls cost ~0.25 µs of a ~1.5 µs
+        request); they fire within one tick of their due time, which the tick keeps small."""
         self.date_line = b""
         self.date_second = -1
         self.update_date()
@@ -106,7 +117,8 @@ class HttpContext:
             ).encode("latin-1")
 
     def sweep(self, now: float) -> None:
-        """Fire connection deadlines that have passed. Owning loop only."""
+        """Advance the cached clock and fire connection deadlines that passed. Owning loop only."""
+        self.now = now
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.on_deadline()
 
@@ -141,8 +153,10 @@ class HttpProtocol(asyncio.Protocol):
         "host_count",
         "in_head",
         "inflight",
+        "keep_alive_hdr",
         "lingering",
         "loop",
+        "method",
         "out",
         "parser",
         "pause_reasons",
@@ -154,6 +168,7 @@ class HttpProtocol(asyncio.Protocol):
         "te",
         "transport",
         "url",
+        "version",
     )
 
     def __init__(self, ctx: HttpContext) -> None:
@@ -184,6 +199,9 @@ class HttpProtocol(asyncio.Protocol):
         self.content_length = -1
         self.te: bytes | None = None
         self.expect: bytes | None = None
+        self.keep_alive_hdr: bytes | None = None
+        self.method = "GET"
+        self.version = "1.1"
         self.body_parts: list[bytes] = []
         self.body_len = 0
         self.handler: Any = None
@@ -202,7 +220,7 @@ class HttpProtocol(asyncio.Protocol):
         stats = self.ctx.stats
         stats.connections_open += 1
         stats.connections_total += 1
-        self._set_deadline(_DL_HEAD, lim.header_timeout_ms)
+        self._set_deadline(_DL_HEAD, self.ctx.header_timeout_s)
         if self.ctx.shutting_down:
             self.begin_shutdown()
 
@@ -244,8 +262,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(431, "request header fields too large")
                 return
         elif self.deadline_kind == _DL_BODY:
-            self.deadline = self.loop.time() + ctx.limits.idle_timeout_ms / 1000
-        self.out = out = []  # type: list[bytes]
+            self.deadline = ctx.now + ctx.idle_timeout_s
+        out: list[bytes] = []
+        self.out = out
         try:
             self.parser.feed_data(data)
         except _StopParsing:
@@ -289,18 +308,21 @@ class HttpProtocol(asyncio.Protocol):
         self.content_length = -1
         self.te = None
         self.expect = None
+        self.keep_alive_hdr = None
         self.body_parts = []
         self.body_len = 0
-        self._set_deadline(_DL_HEAD, self.ctx.limits.header_timeout_ms)
+        ctx = self.ctx
+        self.deadline_kind = _DL_HEAD
+        self.deadline = ctx.now + ctx.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.ctx.limits.max_uri_bytes:
+        if len(self.url) > self.ctx.max_uri:
             raise HttpError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4
-        if self.head_size + len(self.url) > self.ctx.limits.max_header_bytes:
+        if self.head_size + len(self.url) > self.ctx.max_header:
             raise HttpError(431, "request header fields too large")
         name = name.lower()
         if name == b"host":
@@ -311,6 +333,8 @@ class HttpProtocol(asyncio.Protocol):
             self.te = value if self.te is None else self.te + b"," + value
         elif name == b"expect":
             self.expect = value
+        elif name == b"connection":
+            self.keep_alive_hdr = value.lower()
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -323,6 +347,9 @@ class HttpProtocol(asyncio.Protocol):
         method = _METHODS.get(mb)
         if method is None:
             raise HttpError(501, f"method {mb.decode('latin-1')} not implemented")
+        # httptools builds a new object on every get_* call (~0.1 µs each): ask once, keep.
+        self.method = method
+        self.version = version
         if version == "1.1" and self.host_count != 1:
             raise HttpError(400, "exactly one Host header is required")
         if self.host_count > 1:
@@ -334,32 +361,43 @@ class HttpProtocol(asyncio.Protocol):
             raise HttpError(413, f"request body larger than {lim.max_body_bytes} bytes")
         if self.expect is not None:
             self._expect_continue(version)
-        self._set_deadline(_DL_BODY, lim.idle_timeout_ms)
+        if self.content_length > 0 or self.te is not None:
+            self._set_deadline(_DL_BODY, self.ctx.idle_timeout_s)
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
-        if self.body_len > self.ctx.limits.max_body_bytes:
-            raise HttpError(413, f"request body larger than {self.ctx.limits.max_body_bytes} bytes")
+        if self.body_len > self.ctx.max_body:
+            raise HttpError(413, f"request body larger than {self.ctx.max_body} bytes")
         self.body_parts.append(body)
 
     def on_message_complete(self) -> None:
         parts = self.body_parts
         body = b"" if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
-        p = self.parser
+        ctx = self.ctx
         url = self.url
-        method = _METHODS[p.get_method()]
-        raw_path, query = _split_target(url)
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        else:
+            raw_path, query = _split_target(url)
         try:
             path = _decode_path(raw_path)
         except ValueError as e:
             raise HttpError(400, str(e)) from None
-        keep_alive = p.should_keep_alive() and not self.ctx.shutting_down
+        version = self.version
+        conn = self.keep_alive_hdr
+        if conn is None:
+            keep_alive = version == "1.1"
+        elif version == "1.1":
+            keep_alive = b"close" not in conn
+        else:
+            keep_alive = b"keep-alive" in conn
+        keep_alive = keep_alive and not ctx.shutting_down
         req = Request(
-            method,
+            self.method,
             raw_path,
             path,
             query,
-            p.get_http_version(),
+            version,
             self.headers,
             body,
             keep_alive,
@@ -370,12 +408,60 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline_kind = _DL_BUSY
         if not keep_alive:
             self._stop_reading()
-        self.inflight += 1
-        if self.inflight >= self.ctx.limits.max_pipelined:
-            self._pause(_PAUSE_PIPELINE)
         self._dispatch(req)
 
     # ---- request handling --------------------------------------------------------------------
+
+    def _dispatch(self, req: Request) -> None:
+        ctx = self.ctx
+        method = req.method
+        handler, route = ctx.router.resolve(method, req.path)
+        result: AnyResponse | Awaitable[AnyResponse]
+        if handler is None:
+            result = _no_handler(req, route)
+        else:
+            try:
+                result = handler(req)
+            except Exception:
+                log.exception("handler for %s %s failed", method, req.path)
+                result = error_response(500, "internal error")
+        if type(result) is Response and not self.pending and not self.streaming:
+            # Fast path, the common case: a finished response with nothing ahead of it. This is
+            # _send + _done inlined (measured: -0.4 µs of ~2.5 µs per pipelined request).
+            keep_alive = req.keep_alive
+            if keep_alive:
+                connection = CONN_KEEP_ALIVE if req.version == "1.0" else b""
+            else:
+                connection = CONN_CLOSE
+            data = encode_response(result, ctx.date_line, connection, method == "HEAD")
+            out = self.out
+            if out is not None:
+                out.append(data)
+            else:
+                self.transport.write(data)  # type: ignore[union-attr]
+            stats = ctx.stats
+            stats.bytes_out += len(data)
+            stats.observe_response(result.status, time.perf_counter() - req.t0)
+            if ctx.access_log:
+                _log_access(req, result.status)
+            if not keep_alive or self.closing:
+                self._stop_reading()
+                self._close_when_sent()
+            elif self.inflight == 0 and not self.in_head:
+                self.deadline_kind = _DL_IDLE
+                self.deadline = ctx.now + ctx.idle_timeout_s
+            return
+        self.inflight += 1
+        if self.inflight >= ctx.max_pipelined:
+            self._pause(_PAUSE_PIPELINE)
+        if isinstance(result, FileResponse | StreamResponse | Response):
+            self._respond(req, result)
+        else:
+            slot = _Slot(req, None)
+            self.pending.append(slot)
+            task = self.loop.create_task(self._await_handler(slot, result))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     def _check_transfer_encoding(self, version: str) -> None:
         assert self.te is not None
@@ -395,36 +481,6 @@ class HttpProtocol(asyncio.Protocol):
         # 100 goes out only when it cannot overtake an earlier response on this connection.
         if version == "1.1" and has_body and not self.pending and not self.streaming:
             self._write(CONTINUE)
-
-    def _dispatch(self, req: Request) -> None:
-        method = req.method
-        handler, route = self.ctx.router.resolve(method, req.path)
-        result: AnyResponse | Awaitable[AnyResponse]
-        if handler is None:
-            if route is not None:
-                if method == "OPTIONS":
-                    result = Response(b"", 204, b"", [(b"Allow", route.allow)])
-                else:
-                    allow = [(b"Allow", route.allow)]
-                    result = error_response(405, f"method {method} not allowed", headers=allow)
-            elif method == "OPTIONS" and req.raw_path == b"*":
-                result = Response(b"", 204, b"", [(b"Allow", b", ".join(sorted(_METHODS)))])
-            else:
-                result = error_response(404, f"no route for {req.path}")
-        else:
-            try:
-                result = handler(req)
-            except Exception:
-                log.exception("handler for %s %s failed", method, req.path)
-                result = error_response(500, "internal error")
-        if type(result) is Response or isinstance(result, FileResponse | StreamResponse | Response):
-            self._respond(req, result)
-        else:
-            slot = _Slot(req, None)
-            self.pending.append(slot)
-            task = self.loop.create_task(self._await_handler(slot, result))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
 
     async def _await_handler(self, slot: _Slot, aw: Awaitable[AnyResponse]) -> None:
         try:
@@ -481,23 +537,17 @@ class HttpProtocol(asyncio.Protocol):
         t0 = req.t0 if req is not None else self.t0
         ctx.stats.observe_response(status, time.perf_counter() - t0)
         if ctx.access_log and req is not None:
-            access_log.info(
-                "%s %s HTTP/%s %d %.3fms",
-                req.method,
-                req.raw_path.decode("latin-1"),
-                req.version,
-                status,
-                (time.perf_counter() - t0) * 1000,
-            )
+            _log_access(req, status)
         if req is not None:
             self.inflight -= 1
-            if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.limits.max_pipelined:
+            if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.max_pipelined:
                 self._resume(_PAUSE_PIPELINE)
         if not keep_alive or self.closing:
             self._stop_reading()
             self._close_when_sent()
         elif self.inflight == 0 and not self.in_head:
-            self._set_deadline(_DL_IDLE, ctx.limits.idle_timeout_ms)
+            self.deadline_kind = _DL_IDLE
+            self.deadline = ctx.now + ctx.idle_timeout_s
 
     async def _stream(
         self,
@@ -634,13 +684,13 @@ class HttpProtocol(asyncio.Protocol):
             # an unread request body does not turn into a RST that destroys our response.
             self.transport.write_eof()
             self._resume(_PAUSE_CLOSING)
-            self._set_deadline(_DL_LINGER, int(LINGER_SECONDS * 1000))
+            self._set_deadline(_DL_LINGER, LINGER_SECONDS)
         else:
             self.transport.close()
 
-    def _set_deadline(self, kind: int, ms: int) -> None:
+    def _set_deadline(self, kind: int, seconds: float) -> None:
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + ms / 1000
+        self.deadline = self.ctx.now + seconds
 
     def on_deadline(self) -> None:
         """The connection's deadline passed (called by the reactor's sweep)."""
@@ -667,6 +717,30 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _no_handler(req: Request, route: Route | None) -> Response:
+    """404, 405 with Allow, or the answer to OPTIONS."""
+    method = req.method
+    if route is not None:
+        if method == "OPTIONS":
+            return Response(b"", 204, b"", [(b"Allow", route.allow)])
+        allow = [(b"Allow", route.allow)]
+        return error_response(405, f"method {method} not allowed", headers=allow)
+    if method == "OPTIONS" and req.raw_path == b"*":
+        return Response(b"", 204, b"", [(b"Allow", b", ".join(sorted(_METHODS)))])
+    return error_response(404, f"no route for {req.path}")
+
+
+def _log_access(req: Request, status: int) -> None:
+    access_log.info(
+        "%s %s HTTP/%s %d %.3fms",
+        req.method,
+        req.raw_path.decode("latin-1"),
+        req.version,
+        status,
+        (time.perf_counter() - req.t0) * 1000,
+    )
 
 
 def _split_target(url: bytes) -> tuple[bytes, bytes]:
