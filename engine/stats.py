@@ -104,11 +104,14 @@ class HttpCollector(Collector):
         yield GaugeMetricFamily(
             "infergate_http_connections_open", "Open client connections.", snap.connections_open
         )
-        yield CounterMetricFamily(
+        per_reactor = CounterMetricFamily(
             "infergate_http_connections",
-            "Client connections accepted.",
-            snap.connections_total,
+            "Client connections accepted, by the sub-reactor that owns them.",
+            labels=["reactor"],
         )
+        for i, r in enumerate(self._reactors):
+            per_reactor.add_metric([str(i)], r.connections_total)
+        yield per_reactor
         yield CounterMetricFamily(
             "infergate_http_received_bytes", "Bytes read from clients.", snap.bytes_in
         )

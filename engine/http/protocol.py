@@ -156,6 +156,7 @@ class HttpProtocol(asyncio.Protocol):
         "keep_alive_hdr",
         "lingering",
         "loop",
+        "messages",
         "method",
         "out",
         "parser",
@@ -191,6 +192,7 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline_kind = _DL_HEAD
         # per request (the one being parsed)
         self.in_head = False
+        self.messages = 0
         self.head_raw = 0
         self.head_size = 0
         self.url = b""
@@ -254,19 +256,20 @@ class HttpProtocol(asyncio.Protocol):
             return  # after an error or Connection: close, further bytes are discarded
         ctx = self.ctx
         ctx.stats.bytes_in += len(data)
-        if self.in_head:
-            # httptools buffers an unfinished header line itself: bound it here, coarsely.
-            self.head_raw += len(data)
-            lim = ctx.limits
-            if self.head_raw > lim.max_header_bytes + lim.max_uri_bytes:
-                self._fail(431, "request header fields too large")
-                return
-        elif self.deadline_kind == _DL_BODY:
+        if self.deadline_kind == _DL_BODY:
             self.deadline = ctx.now + ctx.idle_timeout_s
+        head_before = self.messages if self.in_head else -1
         out: list[bytes] = []
         self.out = out
         try:
             self.parser.feed_data(data)
+            if head_before == self.messages and self.in_head:
+                # The whole read was inside one unfinished request head. httptools buffers an
+                # unfinished header line itself, so bound that memory here (exact limits are
+                # enforced per field in on_url/on_header).
+                self.head_raw += len(data)
+                if self.head_raw > ctx.max_header + ctx.max_uri:
+                    self._fail(431, "request header fields too large")
         except _StopParsing:
             pass
         except httptools.HttpParserCallbackError as e:
@@ -281,11 +284,13 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # The request was answered; this server speaks no other protocol on this connection.
             self._stop_reading()
+            self._close_when_sent()
         except httptools.HttpParserInvalidMethodError:
             self._fail(501, "method not implemented")
         except httptools.HttpParserError as e:
-            msg = str(e) or "malformed request"
-            self._fail(505 if "version" in msg else 400, msg)
+            if not self.closing:  # llhttp also refuses data after a Connection: close request
+                msg = str(e) or "malformed request"
+                self._fail(505 if msg == "Invalid HTTP version" else 400, msg)
         finally:
             self.out = None
             if out:
@@ -299,6 +304,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:
             raise _StopParsing
         self.t0 = time.perf_counter()
+        self.messages += 1
         self.in_head = True
         self.head_raw = 0
         self.head_size = 0
@@ -334,7 +340,10 @@ class HttpProtocol(asyncio.Protocol):
         elif name == b"expect":
             self.expect = value
         elif name == b"connection":
-            self.keep_alive_hdr = value.lower()
+            value = value.lower()
+            # "Connection: upgrade" makes llhttp stop after this request; no other protocol is
+            # spoken here, so answer it as the last one on the connection.
+            self.keep_alive_hdr = b"close" if b"upgrade" in value else value
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

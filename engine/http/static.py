@@ -88,21 +88,22 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != b"bytes" or b"," in spec:
         return None  # other units or multiple ranges: serve the whole file (RFC 9110 §14.2)
     first, dash, last = spec.strip().partition(b"-")
-    if not dash or not (first.isdigit() or last.isdigit()):
+    # bytes.isdigit() accepts ASCII digits only (no signs, underscores or spaces)
+    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
         return None
     if not first:
+        if not last:
+            return None
         n = int(last)
         if n == 0 or size == 0:
             raise StaticError(416, "range not satisfiable")
         return max(0, size - n), size - 1
-    if last and not last.isdigit():
-        return None
     start = int(first)
+    if start >= size:
+        raise StaticError(416, "range not satisfiable")
     end = int(last) if last else size - 1
     if end < start:
         return None
-    if start >= size:
-        raise StaticError(416, "range not satisfiable")
     return start, min(end, size - 1)
 
 
