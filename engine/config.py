@@ -49,9 +49,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """``HOST:PORT``; IPv6 hosts in brackets (``[::1]:8080``). Port 0 picks a free port."""
     sub_reactors: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
     """Number of sub-reactor threads; 0 means one per CPU core."""
-    accept_mode: Literal["handoff", "reuseport"] = "handoff"
-    """``handoff``: the main reactor accepts and hands connections round robin to sub-reactors.
-    ``reuseport``: every sub-reactor accepts on its own SO_REUSEPORT socket."""
+    accept_mode: Literal["handoff", "reuseport"] = "reuseport"
+    """``reuseport`` (default): every sub-reactor accepts on its own SO_REUSEPORT socket.
+    ``handoff``: the main reactor accepts and hands connections round robin to sub-reactors.
+    Measured (docs/benchmarks.md): equal on keep-alive traffic, reuseport 1.5x on connection
+    churn, because a hand-off wakes a second Python thread that must win the GIL."""
     static_root: str = "public"
     """Folder served at ``/`` and ``/public/``; relative paths are relative to the config file."""
     access_log: bool = False

@@ -33,7 +33,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert loaded.server == ServerConfig()
     assert loaded.server.limits == Limits()
     assert loaded.server.listen == "0.0.0.0:8080"
-    assert loaded.server.accept_mode == "handoff"
+    assert loaded.server.accept_mode == "reuseport"
     assert loaded.static_root is None  # the default folder is optional
     assert loaded.source == "<built-in defaults>"
 
