@@ -1,5 +1,7 @@
 """Side-by-side HTTP benchmark: infergate vs nginx vs uvicorn vs a minimal uvloop+httptools floor.
 
+``infergate`` is the default accept mode (reuseport); ``infergate-handoff`` the other one.
+
 Every server is pinned to core 0 and wrk to core 1; runs alternate between servers (A B C A B C)
 so drift on the box hits all of them alike. Prints a markdown table with req/s, p50, p99 and the
 ratios infergate/uvicorn, infergate/nginx and infergate/minimal.
@@ -75,17 +77,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], name: str) -> None:
 
 
 def start_servers(tmp: str) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
-    ports = {
-        n: free_port() for n in ("infergate", "infergate-reuseport", "uvicorn", "nginx", "minimal")
-    }
+    names = ("infergate", "infergate-handoff", "uvicorn", "nginx", "minimal")
+    ports = {n: free_port() for n in names}
     conf = Path(tmp) / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=ports["nginx"], root=ROOT))
     pin = ["taskset", "-c", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
     cmds = {
-        "infergate": [PY, "bench/infergate_app.py", str(ports["infergate"]), "handoff"],
-        "infergate-reuseport": [
-            PY, "bench/infergate_app.py", str(ports["infergate-reuseport"]), "reuseport"
+        "infergate": [PY, "bench/infergate_app.py", str(ports["infergate"]), "reuseport"],
+        "infergate-handoff": [
+            PY, "bench/infergate_app.py", str(ports["infergate-handoff"]), "handoff"
         ],
         "uvicorn": [
             PY, "-m", "uvicorn", "bench.uvicorn_app:app", "--port", str(ports["uvicorn"]),
@@ -126,7 +127,7 @@ def run_wrk(port: int, path: str, extra: list[str]) -> tuple[float, float, float
 
 PLAN = {
     # scenario: (path, wrk extra args, servers)
-    "tiny": ("/hello", [], ["infergate", "infergate-reuseport", "uvicorn", "nginx", "minimal"]),
+    "tiny": ("/hello", [], ["infergate", "infergate-handoff", "uvicorn", "nginx", "minimal"]),
     "file4k": ("/public/4k.txt", [], ["infergate", "uvicorn", "nginx"]),
     "pipelined": (
         "/hello",
@@ -136,7 +137,7 @@ PLAN = {
     "churn": (
         "/hello",
         ["-H", "Connection: close"],
-        ["infergate", "infergate-reuseport", "uvicorn", "nginx"],
+        ["infergate", "infergate-handoff", "uvicorn", "nginx"],
     ),
 }
 
