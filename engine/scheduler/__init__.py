@@ -1,0 +1,1 @@
+"""Per-model priority queues and dynamic batching."""

@@ -1,0 +1,255 @@
+"""One Batcher per model: priority queues, a scheduling thread, and executor slots.
+
+Threads: callers (sub-reactors) use ``submit``/``cancel``/``set_batching``; one scheduler thread
+decides batches; one thread per executor slot runs them. All share one short lock
+(decide-under-lock, act-after): the scheduler pops a batch under the lock and runs nothing
+under it; a slot thread runs the model without the lock and takes it only to record results.
+
+Deadlines are enforced by the scheduler thread itself, which sleeps on a Condition until the
+earliest deadline, the policy's wake-up time or a change: a queued request expires on time even
+while every executor slot is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.config import BatchingConfig, ModelConfig
+from engine.executors.base import Executor
+from engine.scheduler.policy import decide
+from engine.scheduler.queues import (
+    DEADLINE_EXCEEDED,
+    EXECUTOR_ERROR,
+    SHED,
+    UNAVAILABLE,
+    InferRequest,
+    Part,
+    PriorityQueues,
+    Rejection,
+)
+from engine.stats import ModelStats
+
+log = logging.getLogger("infergate.batcher")
+
+Clock = Callable[[], float]
+
+
+class Batcher:
+    """Queues and batches one model's requests onto its executor."""
+
+    def __init__(self, cfg: ModelConfig, executor: Executor, clock: Clock = time.monotonic) -> None:
+        self.name = cfg.name
+        self.config = cfg
+        self.batching = cfg.batching
+        self.executor = executor
+        self.clock = clock
+        self.queues = PriorityQueues(cfg.priorities)
+        self.stats = ModelStats(cfg.priorities.levels)
+        self._cond = threading.Condition(threading.Lock())
+        self._free_slots = list(range(executor.instances))
+        self._pool = ThreadPoolExecutor(executor.instances, thread_name_prefix=f"exec-{cfg.name}")
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{cfg.name}", daemon=True)
+        self._closed = False
+        self._rate = 0.0  # items/s completed (EWMA), for Retry-After
+        self._last_done = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ---- thread-safe entry points ------------------------------------------------------------
+
+    def submit(self, req: InferRequest) -> None:
+        """Queue ``req``. Thread-safe.
+
+        Raises:
+            Rejection: 429 queue full (with Retry-After), 503 when shutting down.
+        """
+        with self._cond:
+            if self._closed:
+                raise Rejection(503, UNAVAILABLE, f"model {self.name} is shutting down", 1.0)
+            try:
+                victim = self.queues.push(req, self.clock())
+            except Rejection as r:
+                r.retry_after = self._retry_after()
+                self.stats.rejected[r.reason] += 1
+                raise
+            self.stats.submitted += 1
+            if victim is not None:
+                self.stats.rejected[SHED] += 1
+            self._cond.notify()
+        if victim is not None:
+            msg = f"shed from priority {victim.level} for a higher-priority request"
+            self._finish([victim], Rejection(503, SHED, msg, self._retry_after()))
+
+    def cancel(self, req: InferRequest) -> bool:
+        """Remove a queued request whose client went away. Thread-safe."""
+        with self._cond:
+            removed = self.queues.remove(req)
+            if removed:
+                req.finished = True
+                self.stats.rejected["client_disconnected"] += 1
+                self._cond.notify()
+        return removed
+
+    def set_batching(self, cfg: BatchingConfig) -> BatchingConfig:
+        """Swap the batching config; the next batch decision uses it. Thread-safe.
+
+        Returns the previous config. ``cfg`` is a validated, frozen struct, so the swap is one
+        reference assignment, atomic between batches.
+        """
+        with self._cond:
+            old = self.batching
+            self.batching = cfg
+            self.stats.config_changes += 1
+            self._cond.notify()
+        log.info("model %s: batching %s -> %s", self.name, _fmt(old), _fmt(cfg))
+        return old
+
+    def snapshot_depths(self) -> list[int]:
+        """Queued requests per priority level. Thread-safe."""
+        with self._cond:
+            return self.queues.depths()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Reject new work, finish what is queued, stop the threads. Thread-safe."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True)
+        self.executor.close()
+
+    # ---- scheduler thread --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                expired, batch = self._next()
+                if expired is None:
+                    return
+            if expired:
+                self._finish(
+                    expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue")
+                )
+            if batch is not None:
+                parts, slot = batch
+                self._pool.submit(self._run_batch, parts, slot)
+
+    def _next(self) -> tuple[list[InferRequest] | None, tuple[list[Part], int] | None]:
+        """Wait (under the lock) until there is something to do; None, None means stop."""
+        q = self.queues
+        while True:
+            now = self.clock()
+            expired = q.expire(now)
+            if expired:
+                self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
+                return expired, None
+            head = q.head()
+            if head is None and self._closed:
+                return None, None
+            wake = q.next_deadline()
+            if head is not None and self._free_slots:
+                cfg = self.batching
+                ready, oldest = q.ready(head.key, cfg.max_batch_size)
+                d = decide(cfg, ready, head.n - head.taken, oldest, now)
+                if d.take:
+                    parts = q.take(head.key, d.take, single=cfg.policy == "off")
+                    return [], (parts, self._free_slots.pop())
+                if d.wake_at is not None:
+                    wake = d.wake_at if wake is None else min(wake, d.wake_at)
+            self._cond.wait(None if wake is None else max(0.0, wake - now))
+
+    # ---- executor slot threads ---------------------------------------------------------------
+
+    def _run_batch(self, parts: list[Part], slot: int) -> None:
+        items = [item for req, start, end in parts for item in req.items[start:end]]
+        t0 = self.clock()
+        for req, start, _ in parts:
+            if start == 0:
+                req.dispatched_at = t0
+                req.batch_items = len(items)
+                req.batch_requests = len(parts)
+        error: Rejection | None = None
+        outputs = None
+        try:
+            outputs = self.executor.run(items, slot)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"{len(outputs)} outputs for {len(items)} inputs")
+        except Exception as e:
+            log.warning("model %s: batch of %d items failed: %s", self.name, len(items), e)
+            error = Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+        t1 = self.clock()
+        finished: list[InferRequest] = []
+        with self._cond:
+            self._free_slots.append(slot)
+            self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
+            self._update_rate(len(items), t1)
+            offset = 0
+            for req, start, end in parts:
+                if not req.finished:
+                    req.compute_s += t1 - t0
+                    if error is not None:
+                        req.error = error
+                        self.queues.remove_rest(req)
+                    else:
+                        assert outputs is not None
+                        req.outputs[start:end] = outputs[offset : offset + end - start]
+                        req.done += end - start
+                    if error is not None or req.done == req.n:
+                        req.finished = True
+                        finished.append(req)
+                        self.stats.observe_request(req, t0, error is None)
+                offset += end - start
+            self._cond.notify()
+        _deliver(finished)
+
+    def _finish(self, reqs: list[InferRequest], error: Rejection) -> None:
+        for req in reqs:
+            req.error = error
+            req.finished = True
+        _deliver(reqs)
+
+    def _update_rate(self, items: int, now: float) -> None:
+        if self._last_done:
+            dt = max(now - self._last_done, 1e-4)
+            self._rate = 0.8 * self._rate + 0.2 * (items / dt) if self._rate else items / dt
+        self._last_done = now
+
+    def _retry_after(self) -> float:
+        """Seconds until the queue would have drained at the measured rate (1..60)."""
+        if self._rate <= 0:
+            return 1.0
+        return float(min(60, max(1, math.ceil(self.queues.items / self._rate))))
+
+
+def _deliver(reqs: list[InferRequest]) -> None:
+    """Hand finished requests back, one ``call_soon_threadsafe`` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop | None, list[InferRequest]] = defaultdict(list)
+    for req in reqs:
+        by_loop[req.loop].append(req)
+    for loop, group in by_loop.items():
+        if loop is None:
+            for req in group:
+                req.deliver(req)
+        else:
+            loop.call_soon_threadsafe(_deliver_all, group)
+
+
+def _deliver_all(reqs: list[InferRequest]) -> None:
+    for req in reqs:
+        req.deliver(req)
+
+
+def _fmt(cfg: BatchingConfig) -> str:
+    return (
+        f"policy={cfg.policy} max_batch_size={cfg.max_batch_size} "
+        f"max_queue_delay_us={cfg.max_queue_delay_us}"
+    )

@@ -1,0 +1,257 @@
+"""Inference requests and the per-model priority queues that hold them.
+
+Not thread-safe on their own: the owning Batcher holds its lock around every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+from engine.config import PrioritiesConfig
+
+# Reasons carried by rejections: in the JSON error, the X-Infergate-Drop-Reason header, metrics.
+QUEUE_FULL = "queue_full"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+SHED = "shed_for_higher_priority"
+EXECUTOR_ERROR = "executor_error"
+UNAVAILABLE = "unavailable"
+CANCELLED = "client_disconnected"
+
+
+class Rejection(Exception):
+    """A request the scheduler will not (or could not) run, with the reason and HTTP status."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InferRequest:
+    """One client request: ``n`` items that may be split across batches and reassembled."""
+
+    __slots__ = (
+        "batch_items",
+        "batch_requests",
+        "compute_s",
+        "deadline",
+        "deliver",
+        "demote_on_timeout",
+        "dispatched_at",
+        "done",
+        "enqueued",
+        "error",
+        "finished",
+        "items",
+        "key",
+        "level",
+        "loop",
+        "n",
+        "outputs",
+        "seq",
+        "taken",
+        "timeout_s",
+    )
+
+    def __init__(
+        self,
+        items: list[Any],
+        key: Hashable,
+        level: int,
+        deliver: Callable[[InferRequest], None],
+        timeout_s: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.items = items
+        self.n = len(items)
+        self.key = key
+        self.level = level
+        """Priority level, 1 = highest."""
+        self.deliver = deliver
+        """Called once when the request has all outputs or an error: on ``loop`` (through
+        ``call_soon_threadsafe``, one call per loop per batch), or directly if ``loop`` is None."""
+        self.loop = loop
+        self.timeout_s = timeout_s
+        """Client-requested queue timeout (already checked against the level's policy)."""
+        self.seq = 0
+        self.enqueued = 0.0
+        self.deadline: float | None = None
+        self.demote_on_timeout = False
+        self.taken = 0
+        self.done = 0
+        self.outputs: list[Any] = [None] * self.n
+        self.error: Rejection | None = None
+        self.finished = False
+        # telemetry (of the batch that took this request's first items)
+        self.dispatched_at = 0.0
+        self.batch_items = 0
+        self.batch_requests = 0
+        self.compute_s = 0.0
+
+
+Part = tuple[InferRequest, int, int]
+"""A slice ``[start, end)`` of one request's items inside a batch."""
+
+
+class PriorityQueues:
+    """FIFO queues per priority level, bounded, with deadlines."""
+
+    def __init__(self, priorities: PrioritiesConfig) -> None:
+        self.priorities = priorities
+        self.levels: list[deque[InferRequest]] = [deque() for _ in range(priorities.levels)]
+        self._deadlines: list[tuple[float, int, InferRequest]] = []
+        self._seq = itertools.count(1)
+        self.items = 0
+        """Queued items not yet taken by a batch, all levels."""
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.levels)
+
+    def depths(self) -> list[int]:
+        return [len(q) for q in self.levels]
+
+    def __iter__(self) -> Iterator[InferRequest]:
+        for q in self.levels:
+            yield from q
+
+    def push(self, req: InferRequest, now: float) -> InferRequest | None:
+        """Queue ``req``; returns a lower-priority request shed to make room, if any.
+
+        Raises:
+            Rejection: 429 ``queue_full`` when its level is full and nothing lower can be shed.
+        """
+        cfg = self.priorities.level(req.level)
+        queue = self.levels[req.level - 1]
+        victim = None
+        if len(queue) >= cfg.max_queue_size:
+            victim = self._shed_below(req.level)
+            if victim is None:
+                raise Rejection(429, QUEUE_FULL, f"priority {req.level} queue is full")
+        req.seq = next(self._seq)
+        req.enqueued = now
+        timeout = cfg.timeout_us / 1e6 if cfg.timeout_us else None
+        if req.timeout_s is not None and (timeout is None or req.timeout_s < timeout):
+            timeout = req.timeout_s
+        if timeout is not None:
+            req.deadline = now + timeout
+            req.demote_on_timeout = cfg.on_timeout == "delay" and req.timeout_s is None
+            heapq.heappush(self._deadlines, (req.deadline, req.seq, req))
+        queue.append(req)
+        self.items += req.n
+        return victim
+
+    def _shed_below(self, level: int) -> InferRequest | None:
+        """Remove the newest untouched request of the lowest level below ``level``."""
+        for lower in range(len(self.levels), level, -1):
+            q = self.levels[lower - 1]
+            for req in reversed(q):
+                if req.taken == 0:
+                    self._remove(req)
+                    return req
+        return None
+
+    def remove(self, req: InferRequest) -> bool:
+        """Drop a request none of whose items were taken (client gone). True if removed."""
+        if req.taken or req.finished:
+            return False
+        return self._remove(req)
+
+    def remove_rest(self, req: InferRequest) -> None:
+        """Drop what is left of a request that failed part-way (its other parts will not run)."""
+        if req.taken < req.n:
+            self._remove(req)
+
+    def _remove(self, req: InferRequest) -> bool:
+        q = self.levels[req.level - 1]
+        try:
+            q.remove(req)
+        except ValueError:
+            return False
+        self.items -= req.n - req.taken
+        req.deadline = None  # its heap entry is now stale
+        return True
+
+    def next_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap and heap[0][2].deadline != heap[0][0]:
+            heapq.heappop(heap)  # stale: removed, dispatched or demoted
+        return heap[0][0] if heap else None
+
+    def expire(self, now: float) -> list[InferRequest]:
+        """Handle deadlines that passed: demote (``delay``) or return them for a 504."""
+        expired = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, req = heapq.heappop(heap)
+            if req.deadline != deadline or req.taken:
+                continue  # stale entry, or already running (deadlines apply while queued)
+            if req.demote_on_timeout and req.level < len(self.levels):
+                self.levels[req.level - 1].remove(req)
+                req.level = len(self.levels)
+                req.deadline = None
+                self.levels[-1].append(req)
+            else:
+                self._remove(req)
+                expired.append(req)
+        return expired
+
+    def head(self) -> InferRequest | None:
+        """The request to serve next: highest priority, oldest."""
+        for q in self.levels:
+            if q:
+                return q[0]
+        return None
+
+    def ready(self, key: Hashable, cap: int) -> tuple[int, float]:
+        """Items (up to ``cap``) that could merge under ``key``, and the oldest enqueue time."""
+        items = 0
+        oldest = float("inf")
+        for q in self.levels:
+            for req in q:
+                if req.key == key:
+                    items += req.n - req.taken
+                    oldest = min(oldest, req.enqueued)
+                    if items >= cap:
+                        return cap, oldest
+        return items, oldest
+
+    def take(self, key: Hashable, max_items: int, single: bool = False) -> list[Part]:
+        """Remove up to ``max_items`` items under ``key``, priority order, FIFO per level.
+
+        A request larger than what is left is split; its rest stays at the head of its level.
+        With ``single``, only the head request is taken from (batching off).
+        """
+        parts: list[Part] = []
+        left = max_items
+        for q in self.levels:
+            i = 0
+            while i < len(q) and left > 0:
+                req = q[i]
+                if req.key != key:
+                    i += 1
+                    continue
+                start = req.taken
+                end = min(req.n, start + left)
+                parts.append((req, start, end))
+                req.taken = end
+                left -= end - start
+                self.items -= end - start
+                if end == req.n:
+                    del q[i]
+                    req.deadline = None
+                else:
+                    i += 1
+                if single:
+                    return parts
+            if left == 0:
+                break
+        return parts

@@ -1,0 +1,118 @@
+"""Queue policy: priority order, FIFO, bounds, shedding, deadlines, cancellation (fake time)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import LevelConfig, PrioritiesConfig
+from engine.scheduler.queues import InferRequest, PriorityQueues, Rejection
+
+
+def req(n: int = 1, level: int = 1, key: str = "k", timeout_s: float | None = None) -> InferRequest:
+    return InferRequest(list(range(n)), key, level, lambda r: None, timeout_s)
+
+
+def queues(*levels: LevelConfig) -> PriorityQueues:
+    return PriorityQueues(PrioritiesConfig(levels=len(levels), default=1, queue=list(levels)))
+
+
+def test_highest_priority_first_then_fifo() -> None:
+    q = queues(LevelConfig(), LevelConfig())
+    low1, high1, low2, high2 = req(level=2), req(level=1), req(level=2), req(level=1)
+    for r in (low1, high1, low2, high2):
+        q.push(r, 0.0)
+    parts = q.take("k", 10)
+    assert [p[0] for p in parts] == [high1, high2, low1, low2]
+
+
+def test_take_counts_items_and_splits_large_requests_in_order() -> None:
+    q = queues(LevelConfig())
+    big, small = req(n=5), req(n=2)
+    q.push(big, 0.0)
+    q.push(small, 0.0)
+    assert q.take("k", 3) == [(big, 0, 3)]
+    assert q.head() is big  # the rest stays at the head
+    assert q.take("k", 3) == [(big, 3, 5), (small, 0, 1)]
+    assert q.take("k", 3) == [(small, 1, 2)]
+    assert q.items == 0
+    assert len(q) == 0
+
+
+def test_only_requests_with_the_same_batch_key_merge() -> None:
+    q = queues(LevelConfig())
+    a1, b1, a2 = req(key="a"), req(key="b"), req(key="a")
+    for r in (a1, b1, a2):
+        q.push(r, 0.0)
+    assert [p[0] for p in q.take("a", 10)] == [a1, a2]
+    assert q.head() is b1
+
+
+def test_full_level_rejects_with_429() -> None:
+    q = queues(LevelConfig(max_queue_size=2))
+    q.push(req(), 0.0)
+    q.push(req(), 0.0)
+    with pytest.raises(Rejection) as e:
+        q.push(req(), 0.0)
+    assert (e.value.status, e.value.reason) == (429, "queue_full")
+    assert len(q) == 2
+
+
+def test_full_high_level_sheds_the_newest_lower_priority_request() -> None:
+    q = queues(LevelConfig(max_queue_size=1), LevelConfig(max_queue_size=5))
+    q.push(req(level=1), 0.0)
+    old_low, new_low = req(level=2), req(level=2)
+    q.push(old_low, 0.0)
+    q.push(new_low, 0.0)
+    victim = q.push(req(level=1), 0.0)
+    assert victim is new_low
+    assert q.depths() == [2, 1]
+
+
+def test_deadline_rejects_when_it_passes_while_queued() -> None:
+    q = queues(LevelConfig(timeout_us=5000))
+    r = req()
+    q.push(r, 10.0)
+    assert q.next_deadline() == pytest.approx(10.005)
+    assert q.expire(10.004) == []
+    assert q.expire(10.005) == [r]
+    assert len(q) == 0
+    assert q.next_deadline() is None
+
+
+def test_client_timeout_shortens_but_never_lengthens_the_level_timeout() -> None:
+    q = queues(LevelConfig(timeout_us=5000))
+    shorter, longer = req(timeout_s=0.001), req(timeout_s=1.0)
+    q.push(shorter, 0.0)
+    q.push(longer, 0.0)
+    assert shorter.deadline == pytest.approx(0.001)
+    assert longer.deadline == pytest.approx(0.005)
+
+
+def test_delay_policy_demotes_instead_of_rejecting() -> None:
+    q = queues(LevelConfig(timeout_us=1000, on_timeout="delay"), LevelConfig())
+    r = req(level=1)
+    q.push(r, 0.0)
+    assert q.expire(0.002) == []
+    assert r.level == 2
+    assert q.depths() == [0, 1]
+    assert q.next_deadline() is None
+
+
+def test_running_requests_do_not_expire() -> None:
+    q = queues(LevelConfig(timeout_us=1000))
+    r = req(n=4)
+    q.push(r, 0.0)
+    q.take("k", 2)  # half of it is running
+    assert q.expire(1.0) == []
+    assert q.head() is r
+
+
+def test_cancel_removes_only_untouched_requests() -> None:
+    q = queues(LevelConfig())
+    a, b = req(n=3), req(n=1)
+    q.push(a, 0.0)
+    q.push(b, 0.0)
+    assert q.remove(b)
+    q.take("k", 1)
+    assert not q.remove(a)  # already running: it completes
+    assert q.items == 2
