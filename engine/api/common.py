@@ -1,0 +1,122 @@
+"""What every inference API shares: priority and timeout parsing, submit-and-wait, errors and
+telemetry headers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any
+
+from engine.http.request import Request
+from engine.http.response import Headers, Response, error_response
+from engine.scheduler.batcher import Batcher
+from engine.scheduler.queues import InferRequest, Rejection
+
+INVALID_INPUT = "invalid_input"
+MODEL_NOT_FOUND = "model_not_found"
+
+
+class ApiError(Exception):
+    """A request the API refuses before it reaches a queue."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, INVALID_INPUT, message)
+
+
+def error(status: int, reason: str, message: str, retry_after: float | None = None) -> Response:
+    """The JSON error (OpenAI's shape, ``code`` = reason) with ``X-Infergate-Drop-Reason``."""
+    headers: Headers = [(b"X-Infergate-Drop-Reason", reason.encode())]
+    if retry_after is not None:
+        headers.append((b"Retry-After", b"%d" % max(1, round(retry_after))))
+    err_type = "invalid_request_error" if status < 500 and status != 429 else "server_error"
+    return error_response(status, message, err_type=err_type, code=reason, headers=headers)
+
+
+def api_error_response(e: ApiError | Rejection) -> Response:
+    return error(e.status, e.reason, e.message, getattr(e, "retry_after", None))
+
+
+def _int_header(req: Request, name: bytes) -> int | None:
+    raw = req.header(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid(f"header {name.decode()} must be an integer") from None
+
+
+def priority_and_timeout(
+    req: Request, batcher: Batcher, body_priority: Any = None, body_timeout_ms: Any = None
+) -> tuple[int, float | None]:
+    """The request's priority level and client timeout (seconds), validated.
+
+    Header ``X-Priority`` wins over the body's ``priority``; ``X-Request-Timeout-Ms`` over the
+    body's timeout. A timeout is accepted only where the level's ``allow_override`` is true.
+    """
+    prios = batcher.config.priorities
+    level = _int_header(req, b"x-priority")
+    if level is None and body_priority is not None:
+        if not isinstance(body_priority, int) or isinstance(body_priority, bool):
+            raise invalid("priority must be an integer")
+        level = body_priority
+    if level is None:
+        level = prios.default
+    if not 1 <= level <= prios.levels:
+        raise invalid(f"priority must be between 1 and {prios.levels}, got {level}")
+    timeout_ms = _int_header(req, b"x-request-timeout-ms")
+    if timeout_ms is None and body_timeout_ms is not None:
+        if not isinstance(body_timeout_ms, int | float) or isinstance(body_timeout_ms, bool):
+            raise invalid("timeout must be a number of milliseconds")
+        timeout_ms = int(body_timeout_ms)
+    if timeout_ms is None:
+        return level, None
+    if timeout_ms <= 0:
+        raise invalid("request timeout must be a positive number of milliseconds")
+    if not prios.level(level).allow_override:
+        raise invalid(f"priority {level} does not allow a client timeout")
+    return level, timeout_ms / 1000
+
+
+async def infer(
+    batcher: Batcher, items: list[Any], key: Hashable, level: int, timeout_s: float | None
+) -> InferRequest:
+    """Queue ``items`` on ``batcher`` and wait for all outputs.
+
+    Raises:
+        Rejection: queue full, deadline, executor error, shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[InferRequest] = loop.create_future()
+
+    def deliver(r: InferRequest) -> None:
+        if not fut.done():
+            fut.set_result(r)
+
+    ireq = InferRequest(items, key, level, deliver, timeout_s, loop)
+    batcher.submit(ireq)
+    try:
+        done = await fut
+    except asyncio.CancelledError:
+        batcher.cancel(ireq)  # the client went away: do not run it if it is still queued
+        raise
+    if done.error is not None:
+        raise done.error
+    return done
+
+
+def telemetry(r: InferRequest) -> Headers:
+    """Batching telemetry of the batch that took this request's first items."""
+    return [
+        (b"X-Infergate-Queue-Us", b"%d" % max(0, round((r.dispatched_at - r.enqueued) * 1e6))),
+        (b"X-Infergate-Batch-Items", b"%d" % r.batch_items),
+        (b"X-Infergate-Batch-Requests", b"%d" % r.batch_requests),
+        (b"X-Infergate-Compute-Us", b"%d" % round(r.compute_s * 1e6)),
+    ]

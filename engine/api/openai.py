@@ -1,0 +1,132 @@
+"""OpenAI-compatible ``POST /v1/embeddings`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from engine.api.common import (
+    MODEL_NOT_FOUND,
+    ApiError,
+    api_error_response,
+    infer,
+    invalid,
+    priority_and_timeout,
+    telemetry,
+)
+from engine.http.request import Request
+from engine.http.response import Response, json_response
+from engine.http.router import Router
+from engine.models.registry import ModelRegistry
+from engine.scheduler.queues import Rejection
+
+MAX_INPUTS = 2048
+"""Inputs per request (OpenAI's limit)."""
+MAX_INPUT_CHARS = 100_000
+"""Characters per string input (tokens beyond the model's limit are truncated)."""
+MAX_TOKEN_ID = 2**31 - 1
+
+_json = msgspec.json.Decoder()
+_EMBED_KEY = ("embeddings",)
+
+
+class EmbeddingsBody(msgspec.Struct, kw_only=True):
+    input: Any
+    model: str
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    priority: Any = None
+    timeout: Any = None
+
+
+def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
+    """Validate ``input``: a string, strings, a token array, or token arrays."""
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, list) and value and all(isinstance(x, int) for x in value):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise invalid("input must be a string, a list of strings, or token arrays")
+    if not items:
+        raise invalid("input must not be empty")
+    if len(items) > MAX_INPUTS:
+        raise invalid(f"at most {MAX_INPUTS} inputs per request, got {len(items)}")
+    limit = vocab_size if vocab_size is not None else MAX_TOKEN_ID
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            if not x:
+                raise invalid(f"input[{i}] is an empty string")
+            if len(x) > MAX_INPUT_CHARS:
+                raise invalid(f"input[{i}] is longer than {MAX_INPUT_CHARS} characters")
+        elif isinstance(x, list) and x and all(type(t) is int for t in x):
+            if not all(0 <= t < limit for t in x):
+                raise invalid(f"input[{i}] has token ids outside 0..{limit - 1}")
+        else:
+            raise invalid(f"input[{i}] must be a non-empty string or a non-empty token array")
+    return items
+
+
+def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
+    async def embeddings(req: Request) -> Response:
+        try:
+            try:
+                body = msgspec.json.decode(req.body, type=EmbeddingsBody)
+            except msgspec.DecodeError as e:
+                raise invalid(f"invalid request body: {e}") from None
+            batcher = registry.get(body.model)
+            if batcher is None:
+                raise ApiError(404, MODEL_NOT_FOUND, f"The model '{body.model}' does not exist")
+            cfg = batcher.config
+            if cfg.task != "embeddings":
+                raise invalid(f"model {body.model} serves task '{cfg.task}', not embeddings")
+            if body.encoding_format not in ("float", "base64"):
+                raise invalid("encoding_format must be 'float' or 'base64'")
+            dim = getattr(batcher.executor, "dim", None) or cfg.dim
+            if body.dimensions is not None and body.dimensions != dim:
+                raise invalid(f"model {body.model} only supports dimensions={dim}")
+            items = parse_inputs(body.input, getattr(batcher.executor, "vocab_size", None))
+            level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
+            done = await infer(batcher, items, _EMBED_KEY, level, timeout)
+        except (ApiError, Rejection) as e:
+            return api_error_response(e)
+        as_b64 = body.encoding_format == "base64"
+        data = []
+        tokens = 0
+        for i, (vec, ntok) in enumerate(done.outputs):
+            tokens += ntok
+            emb: Any = (
+                base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+                if as_b64
+                else vec.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        out = {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return json_response(out, headers=telemetry(done))
+
+    def models(_req: Request) -> Response:
+        data = [
+            {
+                "id": b.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "infergate",
+                "task": b.config.task,
+                **b.executor.describe(),
+            }
+            for b in registry
+        ]
+        return json_response({"object": "list", "data": data})
+
+    router.add(["POST"], "/v1/embeddings", embeddings)
+    router.add(["GET"], "/v1/models", models)

@@ -1,0 +1,72 @@
+"""The one control interface for runtime changes (admin API now, the TUI later).
+
+Every change is validated into a frozen struct, applied atomically between batches by the
+model's Batcher, logged, and counted in metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.config import BatchingConfig
+from engine.models.registry import ModelRegistry
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Control:
+    """Thread-safe: reads snapshots, and changes go through each Batcher's lock."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        for b in self.registry:
+            st = b.stats
+            out.append(
+                {
+                    "name": b.name,
+                    "task": b.config.task,
+                    **b.executor.describe(),
+                    "batching": msgspec.to_builtins(b.batching),
+                    "priorities": msgspec.to_builtins(b.config.priorities),
+                    "queue_depth": b.snapshot_depths(),
+                    "stats": {
+                        "submitted": st.submitted,
+                        "succeeded": st.succeeded,
+                        "failed": st.failed,
+                        "batches": st.batches,
+                        "items": st.items,
+                        "rejected": dict(st.rejected),
+                        "config_changes": st.config_changes,
+                    },
+                }
+            )
+        return out
+
+    def update_batching(self, name: str, changes: dict[str, Any]) -> BatchingConfig:
+        """Merge ``changes`` into model ``name``'s batching config, validate, apply.
+
+        Raises:
+            ControlError: 404 unknown model, 400 invalid change (the message names the field).
+        """
+        b = self.registry.get(name)
+        if b is None:
+            raise ControlError(404, f"model {name!r} does not exist")
+        if not isinstance(changes, dict) or not changes:
+            raise ControlError(400, "send a JSON object with the batching fields to change")
+        merged = {**msgspec.to_builtins(b.batching), **changes}
+        try:
+            cfg = msgspec.convert(merged, BatchingConfig)
+        except msgspec.ValidationError as e:
+            raise ControlError(400, f"invalid batching change: {e}") from None
+        b.set_batching(cfg)
+        return cfg

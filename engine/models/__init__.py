@@ -1,0 +1,1 @@
+"""Model registry: pre-processing (tokenizers) and post-processing (pooling)."""

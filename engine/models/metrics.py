@@ -1,0 +1,75 @@
+"""Per-model Prometheus metrics, rendered from the Batchers' stats at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.models.registry import ModelRegistry
+from engine.stats import Histogram
+
+
+def _hist(name: str, doc: str, per_model: list[tuple[str, Histogram]]) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc, labels=["model"])
+    for model, h in per_model:
+        fam.add_metric([model], h.cumulative(), h.sum)
+    return fam
+
+
+class ModelCollector(Collector):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        models = list(self._registry)
+        requests = CounterMetricFamily(
+            "infergate_model_requests", "Finished inference requests.", labels=["model", "status"]
+        )
+        rejections = CounterMetricFamily(
+            "infergate_model_rejections", "Requests refused or dropped, by reason.",
+            labels=["model", "reason"],
+        )  # fmt: skip
+        depth = GaugeMetricFamily(
+            "infergate_model_queue_depth", "Queued requests.", labels=["model", "priority"]
+        )
+        busy = CounterMetricFamily(
+            "infergate_model_busy_seconds",
+            "Executor time spent on batches; rate() / instances is the utilisation.",
+            labels=["model"],
+        )
+        instances = GaugeMetricFamily(
+            "infergate_model_instances", "Executor slots.", labels=["model"]
+        )
+        changes = CounterMetricFamily(
+            "infergate_model_config_changes", "Runtime batching changes.", labels=["model"]
+        )
+        for b in models:
+            st = b.stats
+            requests.add_metric([b.name, "ok"], st.succeeded)
+            requests.add_metric([b.name, "error"], st.failed)
+            for reason, n in list(st.rejected.items()):
+                rejections.add_metric([b.name, reason], n)
+            for level, n in enumerate(b.snapshot_depths(), start=1):
+                depth.add_metric([b.name, str(level)], n)
+            busy.add_metric([b.name], st.busy_s)
+            instances.add_metric([b.name], b.executor.instances)
+            changes.add_metric([b.name], st.config_changes)
+        yield from (requests, rejections, depth, busy, instances, changes)
+        yield _hist(
+            "infergate_model_queue_wait_seconds", "Time from enqueue to dispatch.",
+            [(b.name, b.stats.queue_wait_s) for b in models],
+        )  # fmt: skip
+        yield _hist(
+            "infergate_model_batch_items", "Items per executor call.",
+            [(b.name, b.stats.batch_items) for b in models],
+        )  # fmt: skip
+        yield _hist(
+            "infergate_model_batch_requests", "Requests per executor call.",
+            [(b.name, b.stats.batch_requests) for b in models],
+        )  # fmt: skip
+        yield _hist(
+            "infergate_model_compute_seconds", "Executor time per batch.",
+            [(b.name, b.stats.compute_s) for b in models],
+        )  # fmt: skip

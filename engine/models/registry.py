@@ -1,0 +1,72 @@
+"""The served models: one executor and one Batcher each, built from the config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from engine.config import ModelConfig
+from engine.executors.base import Executor, ExecutorError
+from engine.executors.onnx import OnnxEmbeddingExecutor
+from engine.executors.sim import SimExecutor
+from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from engine.scheduler.batcher import Batcher
+
+log = logging.getLogger("infergate.models")
+
+
+def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
+    """The executor a model's config asks for (not yet loaded).
+
+    Raises:
+        ExecutorError: the combination is not supported or files are missing.
+    """
+    if cfg.executor == "sim":
+        return SimExecutor(
+            cfg.instances, cfg.task, cfg.dim, cfg.base_us, cfg.per_item_us, cfg.error_rate
+        )
+    if cfg.executor == "onnxruntime":
+        if cfg.task != "embeddings":
+            raise ExecutorError(f"model {cfg.name}: onnxruntime serves task 'embeddings' only")
+        if not cfg.model_file or not cfg.tokenizer_file:
+            raise ExecutorError(f"model {cfg.name}: model_file and tokenizer_file are required")
+        return OnnxEmbeddingExecutor(
+            cfg.instances,
+            resolve_model_file(cfg.model_file, base_dir),
+            resolve_tokenizer_file(cfg.tokenizer_file, base_dir),
+            cfg.intra_op_threads,
+            cfg.max_input_tokens,
+        )
+    raise ExecutorError(f"model {cfg.name}: unknown executor {cfg.executor!r}")
+
+
+class ModelRegistry:
+    """Name → Batcher. Built and loaded before serving; read-only afterwards."""
+
+    def __init__(self, models: list[ModelConfig], base_dir: str) -> None:
+        self._batchers: dict[str, Batcher] = {}
+        for cfg in models:
+            self._batchers[cfg.name] = Batcher(cfg, build_executor(cfg, base_dir))
+
+    def load(self) -> None:
+        """Load every executor and start the batchers. Raises ExecutorError with the model."""
+        for name, b in self._batchers.items():
+            try:
+                b.executor.load()
+            except ExecutorError as e:
+                raise ExecutorError(f"model {name}: {e}") from e
+            b.start()
+            log.info("model %s ready: %s", name, b.executor.describe())
+
+    def get(self, name: str) -> Batcher | None:
+        return self._batchers.get(name)
+
+    def __iter__(self) -> Iterator[Batcher]:
+        return iter(self._batchers.values())
+
+    def __len__(self) -> int:
+        return len(self._batchers)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()
