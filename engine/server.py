@@ -11,6 +11,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from engine.api.admin import add_admin_routes
 from engine.api.health import add_health_routes
+from engine.api.kserve import add_kserve_routes
 from engine.api.openai import add_openai_routes
 from engine.config import ServerConfig
 from engine.control import Control
@@ -52,6 +53,7 @@ class Server:
         self.control = Control(self.models)
         self.registry.register(ModelCollector(self.models))
         add_openai_routes(self.router, self.models)
+        add_kserve_routes(self.router, self.models)
         add_admin_routes(self.router, self.control)
         if static_root is not None:
             if not os.path.isdir(static_root):

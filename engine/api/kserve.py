@@ -1,0 +1,296 @@
+"""KServe v2 inference protocol (Triton's HTTP/REST API), with the binary tensor extension.
+
+Models of task ``tensor`` take one input ``INPUT0`` (any numeric datatype, shape
+``[batch, ...]``) and return ``OUTPUT0``; models of task ``embeddings`` take ``TEXT`` (BYTES,
+shape ``[batch]`` or ``[batch, 1]``) and return ``EMBEDDING`` (FP32 ``[batch, dim]``). Batching
+concatenates along dimension 0; only requests with the same input name, datatype and non-batch
+dimensions merge. Binary inputs are decoded with ``np.frombuffer`` over the request body: no copy
+until the batch is gathered.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from engine.api.common import (
+    MODEL_NOT_FOUND,
+    ApiError,
+    infer,
+    invalid,
+    priority_and_timeout,
+    telemetry,
+)
+from engine.http.request import Request
+from engine.http.response import CONTENT_TYPE_JSON, Headers, Response, json_response
+from engine.http.router import Router
+from engine.models.registry import ModelRegistry
+from engine.scheduler.batcher import Batcher
+from engine.scheduler.queues import Rejection
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}  # fmt: skip
+MAX_ELEMENTS = 16 * 1024 * 1024
+_encoder = msgspec.json.Encoder()
+
+
+def kserve_error(
+    status: int, reason: str, message: str, retry_after: float | None = None
+) -> Response:
+    """KServe's error shape ``{"error": "..."}``, with infergate's reason header."""
+    headers: Headers = [(b"X-Infergate-Drop-Reason", reason.encode())]
+    if retry_after is not None:
+        headers.append((b"Retry-After", b"%d" % max(1, round(retry_after))))
+    return json_response({"error": message}, status, headers)
+
+
+def _split_body(req: Request) -> tuple[Any, memoryview, int]:
+    """The JSON header and the binary section (Inference-Header-Content-Length)."""
+    body = req.body
+    raw_len = req.header(b"inference-header-content-length")
+    if raw_len is None:
+        header_len = len(body)
+    else:
+        try:
+            header_len = int(raw_len)
+        except ValueError:
+            raise invalid("Inference-Header-Content-Length must be an integer") from None
+        if not 0 < header_len <= len(body):
+            raise invalid("Inference-Header-Content-Length is outside the body")
+    try:
+        header = msgspec.json.decode(body[:header_len])
+    except msgspec.DecodeError as e:
+        raise invalid(f"invalid inference request JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise invalid("the inference request must be a JSON object")
+    return header, memoryview(body), header_len
+
+
+def _shape(spec: dict[str, Any], name: str) -> list[int]:
+    shape = spec.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise invalid(f"input {name}: shape must be a non-empty list of non-negative integers")
+    if int(np.prod(shape)) > MAX_ELEMENTS:
+        raise invalid(f"input {name}: more than {MAX_ELEMENTS} elements")
+    return shape
+
+
+def _decode_bytes(raw: memoryview, count: int, name: str) -> list[bytes]:
+    """BYTES elements in the binary format: 4-byte little-endian length, then the bytes."""
+    out = []
+    pos = 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise invalid(f"input {name}: truncated BYTES data")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise invalid(f"input {name}: truncated BYTES data")
+        out.append(bytes(raw[pos : pos + n]))
+        pos += n
+    if pos != len(raw):
+        raise invalid(f"input {name}: {len(raw) - pos} bytes after the last BYTES element")
+    return out
+
+
+def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, Any, int]:
+    """(name, datatype, array or list of bytes, new binary offset) for one input."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise invalid("each input needs a name")
+    name = spec["name"]
+    datatype = str(spec.get("datatype"))
+    shape = _shape(spec, name)
+    count = int(np.prod(shape))
+    params = spec.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(body):
+            raise invalid(f"input {name}: binary_data_size runs past the end of the body")
+        raw = body[offset : offset + size]
+        offset += size
+        if datatype == "BYTES":
+            return name, datatype, _decode_bytes(raw, count, name), offset
+        dtype = DTYPES.get(datatype)
+        if dtype is None:
+            raise invalid(f"input {name}: unsupported datatype {datatype!r}")
+        if size != count * dtype.itemsize:
+            raise invalid(f"input {name}: {size} bytes for shape {shape} of {datatype}")
+        return name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape), offset
+    data = spec.get("data")
+    if data is None:
+        raise invalid(f"input {name}: no data and no binary_data_size")
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=object).reshape(-1)
+        if flat.size != count or not all(isinstance(x, str) for x in flat):
+            raise invalid(f"input {name}: BYTES data must be {count} strings")
+        return name, datatype, [x.encode() for x in flat], offset
+    dtype = DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid(f"input {name}: unsupported datatype {datatype!r}")
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise invalid(f"input {name}: data is not {datatype}: {e}") from None
+    if arr.size != count:
+        raise invalid(f"input {name}: {arr.size} values for shape {shape}")
+    return name, datatype, arr.reshape(shape), offset
+
+
+def _wants_binary(header: dict[str, Any], output: str) -> bool:
+    params = header.get("parameters") or {}
+    binary = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+    for out in header.get("outputs") or []:
+        if isinstance(out, dict) and out.get("name") == output:
+            p = out.get("parameters") or {}
+            if isinstance(p, dict) and "binary_data" in p:
+                binary = bool(p["binary_data"])
+    return binary
+
+
+def encode_output(
+    model: str, name: str, arr: np.ndarray[Any, Any], datatype: str, binary: bool,
+    extra: Headers, req_id: Any,
+) -> Response:  # fmt: skip
+    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+    head: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": [out]}
+    if req_id is not None:
+        head["id"] = req_id
+    if not binary:
+        out["data"] = arr.reshape(-1).tolist()
+        return json_response(head, headers=extra)
+    data = np.ascontiguousarray(arr, dtype=DTYPES[datatype]).tobytes()
+    out["parameters"] = {"binary_data_size": len(data)}
+    json_part = _encoder.encode(head)
+    headers = [(b"Inference-Header-Content-Length", b"%d" % len(json_part)), *extra]
+    return Response(json_part + data, 200, b"application/octet-stream", headers)
+
+
+def metadata(b: Batcher) -> dict[str, Any]:
+    if b.config.task == "embeddings":
+        dim = getattr(b.executor, "dim", 0) or b.config.dim
+        inputs = [{"name": "TEXT", "datatype": "BYTES", "shape": [-1]}]
+        outputs = [{"name": "EMBEDDING", "datatype": "FP32", "shape": [-1, dim]}]
+    else:
+        inputs = [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, -1]}]
+        outputs = [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, -1]}]
+    return {
+        "name": b.name,
+        "versions": ["1"],
+        "platform": b.executor.kind,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {"simulated": b.executor.simulated},
+    }
+
+
+def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
+    ok = Response(b"", 200, CONTENT_TYPE_JSON)
+
+    def live(_req: Request) -> Response:
+        return ok
+
+    def ready(_req: Request) -> Response:
+        return ok
+
+    def server_meta(_req: Request) -> Response:
+        return json_response(
+            {"name": "infergate", "version": "1", "extensions": ["binary_tensor_data"]}
+        )
+
+    def _model(name: str) -> Batcher:
+        b = registry.get(name)
+        if b is None:
+            raise ApiError(404, MODEL_NOT_FOUND, f"model {name!r} does not exist")
+        return b
+
+    def model_get(req: Request) -> Response:
+        name, _, rest = req.path.removeprefix("/v2/models/").partition("/")
+        rest = _strip_version(rest)
+        try:
+            b = _model(name)
+        except ApiError as e:
+            return kserve_error(e.status, e.reason, e.message)
+        if rest == "":
+            return json_response(metadata(b))
+        if rest == "ready":
+            return ok
+        return kserve_error(404, "not_found", f"no route {req.path}")
+
+    async def model_post(req: Request) -> Response:
+        name, _, rest = req.path.removeprefix("/v2/models/").partition("/")
+        if _strip_version(rest) != "infer":
+            return kserve_error(404, "not_found", f"no route {req.path}")
+        try:
+            return await _infer(req, _model(name))
+        except (ApiError, Rejection) as e:
+            return kserve_error(e.status, e.reason, e.message, getattr(e, "retry_after", None))
+
+    async def _infer(req: Request, b: Batcher) -> Response:
+        header, body, offset = _split_body(req)
+        inputs = header.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1:
+            raise invalid(f"model {b.name} takes exactly one input")
+        name, datatype, value, end = decode_input(inputs[0], body, offset)
+        if end != len(body) and offset != len(body):
+            raise invalid(f"{len(body) - end} bytes of binary data left over")
+        params = header.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise invalid("parameters must be an object")
+        prio = params.get("priority")
+        prio = None if prio == 0 else prio  # Triton: 0 = the model's default
+        timeout_us = params.get("timeout")
+        timeout_ms = (
+            timeout_us / 1000 if isinstance(timeout_us, int | float) and timeout_us else None
+        )
+        level, timeout = priority_and_timeout(req, b, prio, timeout_ms)
+        if b.config.task == "embeddings":
+            if name != "TEXT" or datatype != "BYTES":
+                raise invalid("embeddings models take input TEXT of datatype BYTES")
+            try:
+                texts = [v.decode("utf-8") for v in value]
+            except UnicodeDecodeError:
+                raise invalid("TEXT elements must be UTF-8") from None
+            if not texts or not all(texts):
+                raise invalid("TEXT must hold non-empty strings")
+            done = await infer(b, texts, ("kserve-text",), level, timeout)
+            arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
+            out_name, out_type = "EMBEDDING", "FP32"
+        else:
+            if name != "INPUT0" or datatype == "BYTES":
+                raise invalid("tensor models take one numeric input INPUT0")
+            if value.ndim < 1 or value.shape[0] == 0:
+                raise invalid("INPUT0 needs a batch dimension of at least 1")
+            key = (name, datatype, value.shape[1:])
+            done = await infer(b, list(value), key, level, timeout)
+            arr = np.stack(done.outputs).astype(DTYPES[datatype])
+            out_name, out_type = "OUTPUT0", datatype
+        return encode_output(
+            b.name, out_name, arr, out_type, _wants_binary(header, out_name), telemetry(done),
+            header.get("id"),
+        )  # fmt: skip
+
+    router.add(["GET"], "/v2/health/live", live)
+    router.add(["GET"], "/v2/health/ready", ready)
+    router.add(["GET"], "/v2", server_meta)
+    router.add(["GET"], "/v2/models/", model_get, prefix=True)
+    router.add(["POST"], "/v2/models/", model_post, prefix=True)
+
+
+def _strip_version(rest: str) -> str:
+    """``versions/1/infer`` → ``infer``; any version is served by the one loaded."""
+    if rest.startswith("versions/"):
+        _, _, after = rest.removeprefix("versions/").partition("/")
+        return after
+    return rest
