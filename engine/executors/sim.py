@@ -17,13 +17,14 @@ import numpy as np
 from engine.executors.base import Executor, Outputs
 
 
-def sim_vector(item: Any, dim: int) -> np.ndarray:
-    """The unit vector the simulator returns for ``item`` (str or token list)."""
+def sim_vector(item: Any, dim: int) -> np.ndarray[Any, Any]:
+    """The unit vector the simulator returns for ``item`` (str or token list): ``dim`` int16
+    values drawn from SHAKE-128 of the input, normalised (~3 µs, so a batch of 64 costs 0.2 ms
+    of the modelled latency instead of 3 ms with a seeded numpy generator per item)."""
     raw = item.encode() if isinstance(item, str) else np.asarray(item, dtype=np.int64).tobytes()
-    seed = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
-    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    v /= np.linalg.norm(v)
-    return v
+    v = np.frombuffer(hashlib.shake_128(raw).digest(2 * dim), dtype="<i2").astype(np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm else v
 
 
 def _tokens(item: Any) -> int:
@@ -54,13 +55,20 @@ class SimExecutor(Executor):
         self._rng = random.Random(0)
 
     def run(self, items: list[Any], slot: int) -> Outputs:
-        time.sleep((self.base_us + self.per_item_us * len(items)) / 1e6)
-        if self.error_rate and self._rng.random() < self.error_rate:
-            raise RuntimeError("simulated executor error")
+        t0 = time.perf_counter()
+        out: Outputs
         if self.task == "embeddings":
             # (vector, token count); the simulator counts whitespace-separated words
-            return [(sim_vector(x, self.dim), _tokens(x)) for x in items]
-        return np.stack(items) * 2 + 1
+            out = [(sim_vector(x, self.dim), _tokens(x)) for x in items]
+        else:
+            out = np.stack(items) * 2 + 1
+        # The modelled latency includes producing the outputs, as a GPU call includes its copy.
+        left = (self.base_us + self.per_item_us * len(items)) / 1e6 - (time.perf_counter() - t0)
+        if left > 0:
+            time.sleep(left)
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise RuntimeError("simulated executor error")
+        return out
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -1,13 +1,14 @@
 """One Batcher per model: priority queues, a scheduling thread, and executor slots.
 
-Threads: callers (sub-reactors) use ``submit``/``cancel``/``set_batching``; one scheduler thread
-decides batches; one thread per executor slot runs them. All share one short lock
-(decide-under-lock, act-after): the scheduler pops a batch under the lock and runs nothing
-under it; a slot thread runs the model without the lock and takes it only to record results.
+Threads: callers (sub-reactors) use ``submit``/``cancel``/``set_batching``; one thread per
+executor slot waits for work, decides its next batch and runs it; one deadline thread expires
+queued requests. All share one short lock (decide-under-lock, act-after): a slot thread pops a
+batch under the lock, runs the model without it, and takes it again only to record results.
+A free slot deciding for itself saves a thread hand-off per batch (measured: one client in
+flight, p50 over the bare executor call).
 
-Deadlines are enforced by the scheduler thread itself, which sleeps on a Condition until the
-earliest deadline, the policy's wake-up time or a change: a queued request expires on time even
-while every executor slot is busy.
+The deadline thread sleeps on its own Condition until the earliest deadline or a change, so a
+queued request expires on time even while every executor slot is busy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from engine.config import BatchingConfig, ModelConfig
 from engine.executors.base import Executor
@@ -52,16 +52,27 @@ class Batcher:
         self.clock = clock
         self.queues = PriorityQueues(cfg.priorities)
         self.stats = ModelStats(cfg.priorities.levels)
-        self._cond = threading.Condition(threading.Lock())
-        self._free_slots = list(range(executor.instances))
-        self._pool = ThreadPoolExecutor(executor.instances, thread_name_prefix=f"exec-{cfg.name}")
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{cfg.name}", daemon=True)
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        """Slot threads wait here for work (submit, a freed slot, a config change)."""
+        self._timer = threading.Condition(lock)
+        """The deadline thread waits here."""
+        self._threads = [
+            threading.Thread(
+                target=self._slot_loop, args=(i,), name=f"exec-{cfg.name}-{i}", daemon=True
+            )
+            for i in range(executor.instances)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._deadline_loop, name=f"deadlines-{cfg.name}", daemon=True)
+        )
         self._closed = False
         self._rate = 0.0  # items/s completed (EWMA), for Retry-After
         self._last_done = 0.0
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     # ---- thread-safe entry points ------------------------------------------------------------
 
@@ -84,6 +95,8 @@ class Batcher:
             if victim is not None:
                 self.stats.rejected[SHED] += 1
             self._cond.notify()
+            if req.deadline is not None:
+                self._timer.notify()
         if victim is not None:
             msg = f"shed from priority {victim.level} for a higher-priority request"
             self._finish([victim], Rejection(503, SHED, msg, self._retry_after()))
@@ -121,51 +134,63 @@ class Batcher:
         """Reject new work, finish what is queued, stop the threads. Thread-safe."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        self._pool.shutdown(wait=True)
+            self._cond.notify_all()
+            self._timer.notify()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
         self.executor.close()
 
-    # ---- scheduler thread --------------------------------------------------------------------
+    # ---- deadline thread -----------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                expired, batch = self._next()
-                if expired is None:
-                    return
-            if expired:
-                self._finish(
-                    expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue")
-                )
-            if batch is not None:
-                parts, slot = batch
-                self._pool.submit(self._run_batch, parts, slot)
-
-    def _next(self) -> tuple[list[InferRequest] | None, tuple[list[Part], int] | None]:
-        """Wait (under the lock) until there is something to do; None, None means stop."""
+    def _deadline_loop(self) -> None:
         q = self.queues
         while True:
-            now = self.clock()
-            expired = q.expire(now)
-            if expired:
-                self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
-                return expired, None
+            with self._cond:
+                while True:
+                    if self._closed and not len(q):
+                        return
+                    now = self.clock()
+                    expired = q.expire(now)
+                    if expired:
+                        self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
+                        self._cond.notify_all()  # a window decision may have changed
+                        break
+                    wake = q.next_deadline()
+                    self._timer.wait(None if wake is None else max(0.0, wake - now))
+            self._finish(expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue"))
+
+    # ---- executor slot threads ---------------------------------------------------------------
+
+    def _slot_loop(self, slot: int) -> None:
+        while True:
+            with self._cond:
+                parts = self._next_batch()
+            if parts is None:
+                return
+            self._run_batch(parts, slot)
+
+    def _next_batch(self) -> list[Part] | None:
+        """Wait (under the lock) for this slot's next batch; None means stop."""
+        q = self.queues
+        while True:
             head = q.head()
             if head is None and self._closed:
-                return None, None
-            wake = q.next_deadline()
-            if head is not None and self._free_slots:
+                return None
+            wake = None
+            if head is not None:
+                now = self.clock()
                 cfg = self.batching
                 ready, oldest = q.ready(head.key, cfg.max_batch_size)
                 d = decide(cfg, ready, head.n - head.taken, oldest, now)
                 if d.take:
                     parts = q.take(head.key, d.take, single=cfg.policy == "off")
-                    return [], (parts, self._free_slots.pop())
+                    if q.head() is not None:
+                        self._cond.notify()  # more work: wake another free slot
+                    return parts
                 if d.wake_at is not None:
-                    wake = d.wake_at if wake is None else min(wake, d.wake_at)
-            self._cond.wait(None if wake is None else max(0.0, wake - now))
+                    wake = d.wake_at - now
+            self._cond.wait(None if wake is None else max(0.0, wake))
 
     # ---- executor slot threads ---------------------------------------------------------------
 
@@ -189,7 +214,6 @@ class Batcher:
         t1 = self.clock()
         finished: list[InferRequest] = []
         with self._cond:
-            self._free_slots.append(slot)
             self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
             self._update_rate(len(items), t1)
             offset = 0
@@ -208,7 +232,6 @@ class Batcher:
                         finished.append(req)
                         self.stats.observe_request(req, t0, error is None)
                 offset += end - start
-            self._cond.notify()
         _deliver(finished)
 
     def _finish(self, reqs: list[InferRequest], error: Rejection) -> None:
