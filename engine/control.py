@@ -68,5 +68,10 @@ class Control:
             cfg = msgspec.convert(merged, BatchingConfig)
         except msgspec.ValidationError as e:
             raise ControlError(400, f"invalid batching change: {e}") from None
+        limit = b.executor.max_batch
+        if limit is not None and cfg.max_batch_size > limit:
+            raise ControlError(
+                400, f"max_batch_size {cfg.max_batch_size} exceeds the executor's limit {limit}"
+            )
         b.set_batching(cfg)
         return cfg

@@ -29,6 +29,8 @@ class Executor(abc.ABC):
 
     def __init__(self, instances: int) -> None:
         self.instances = instances
+        self.max_batch: int | None = None
+        """Largest batch the executor can run (a TensorRT profile's maximum), if bounded."""
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Heavy start-up work (sessions, engines). Called once before the first ``run``."""

@@ -53,6 +53,13 @@ class OnnxEmbeddingExecutor(Executor):
             from tokenizers import Tokenizer  # noqa: PLC0415
         except ImportError as e:
             raise ExecutorError(f"onnxruntime executor needs {e.name}: pip install {e.name}") from e
+        available = ort.get_available_providers()
+        absent = [p for p in self.providers if p not in available]
+        if absent:
+            raise ExecutorError(
+                f"ONNX Runtime here has no {absent} (available: {available}); for the GPU "
+                "install onnxruntime-gpu, or use providers = ['CPUExecutionProvider']"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
         opts.inter_op_num_threads = 1

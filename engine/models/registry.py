@@ -9,6 +9,7 @@ from engine.config import ModelConfig
 from engine.executors.base import Executor, ExecutorError
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.executors.sim import SimExecutor
+from engine.executors.tensorrt import TensorRTEmbeddingExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from engine.scheduler.batcher import Batcher
 
@@ -25,18 +26,22 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
         return SimExecutor(
             cfg.instances, cfg.task, cfg.dim, cfg.base_us, cfg.per_item_us, cfg.error_rate
         )
-    if cfg.executor == "onnxruntime":
+    if cfg.executor in ("onnxruntime", "tensorrt"):
         if cfg.task != "embeddings":
-            raise ExecutorError(f"model {cfg.name}: onnxruntime serves task 'embeddings' only")
+            raise ExecutorError(f"model {cfg.name}: {cfg.executor} serves task 'embeddings' only")
         if not cfg.model_file or not cfg.tokenizer_file:
             raise ExecutorError(f"model {cfg.name}: model_file and tokenizer_file are required")
+        model = resolve_model_file(cfg.model_file, base_dir)
+        tokenizer = resolve_tokenizer_file(cfg.tokenizer_file, base_dir)
+        if cfg.executor == "tensorrt":
+            return TensorRTEmbeddingExecutor(
+                cfg.instances, model, tokenizer, cfg.batching.max_batch_size,
+                cfg.max_input_tokens, cfg.trt_cache_dir or None,
+            )  # fmt: skip
         return OnnxEmbeddingExecutor(
-            cfg.instances,
-            resolve_model_file(cfg.model_file, base_dir),
-            resolve_tokenizer_file(cfg.tokenizer_file, base_dir),
-            cfg.intra_op_threads,
-            cfg.max_input_tokens,
-        )
+            cfg.instances, model, tokenizer, cfg.intra_op_threads, cfg.max_input_tokens,
+            tuple(cfg.providers),
+        )  # fmt: skip
     raise ExecutorError(f"model {cfg.name}: unknown executor {cfg.executor!r}")
 
 
