@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, build, closed_loop, open_loop
+from loadgen import Result, build, closed_loop, open_loop, start_infergate
 
 from engine.executors.sim import SimExecutor
 
@@ -57,20 +55,6 @@ queue = [{{ max_queue_size = 512 }}]  # overload answers 429 instead of an endle
 """
 
 
-def start() -> tuple[subprocess.Popen[str], int]:
-    cfg = Path(tempfile.mkdtemp()) / "bench.toml"
-    cfg.write_text(CONFIG)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "app", "--config", str(cfg), "--headless"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    port = int(line.split("http://127.0.0.1:")[1].split()[0])
-    return proc, port
-
-
 def patch(port: int, body: dict[str, object]) -> None:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/admin/models/sim-embed/batching",
@@ -92,7 +76,7 @@ def bare_p50() -> float:
 
 def main() -> None:
     os.sched_setaffinity(0, {1})
-    proc, port = start()
+    proc, port = start_infergate(CONFIG)
     data = build("/v1/embeddings", b'{"model":"sim-embed","input":"hello"}')
     rows: dict[str, list[tuple[int, Result]]] = {}
     single: dict[str, Result] = {}

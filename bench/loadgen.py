@@ -9,9 +9,16 @@ demand up to a cap.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _CL = re.compile(rb"content-length:\s*(\d+)", re.I)
 _BATCH = re.compile(rb"x-infergate-batch-items:\s*(\d+)", re.I)
@@ -137,3 +144,19 @@ async def closed_loop(port: int, data: bytes, clients: int, requests: int) -> Re
     await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 120)
     res.elapsed = time.perf_counter() - t0
     return res
+
+
+def start_infergate(config: str) -> tuple[subprocess.Popen[str], int]:
+    """Start ``python -m app`` with ``config`` (TOML text) pinned to core 0; returns its port."""
+    cfg = Path(tempfile.mkdtemp()) / "bench.toml"
+    cfg.write_text(config)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "app", "--config", str(cfg), "--headless"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on http://127.0.0.1:" not in line:
+        raise SystemExit(f"infergate did not start: {line!r}")
+    return proc, int(line.split("http://127.0.0.1:")[1].split()[0])

@@ -453,12 +453,7 @@ class HttpProtocol(asyncio.Protocol):
             stats.observe_response(result.status, time.perf_counter() - req.t0)
             if ctx.access_log:
                 _log_access(req, result.status)
-            if not keep_alive or self.closing:
-                self._stop_reading()
-                self._close_when_sent()
-            elif self.inflight == 0 and not self.in_head:
-                self.deadline_kind = _DL_IDLE
-                self.deadline = ctx.now + ctx.idle_timeout_s
+            self._after_response(keep_alive)
             return
         self.inflight += 1
         if self.inflight >= ctx.max_pipelined:
@@ -551,12 +546,16 @@ class HttpProtocol(asyncio.Protocol):
             self.inflight -= 1
             if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.max_pipelined:
                 self._resume(_PAUSE_PIPELINE)
+        self._after_response(keep_alive)
+
+    def _after_response(self, keep_alive: bool) -> None:
+        """Close after the last response, or arm the idle deadline once nothing is in flight."""
         if not keep_alive or self.closing:
             self._stop_reading()
             self._close_when_sent()
         elif self.inflight == 0 and not self.in_head:
             self.deadline_kind = _DL_IDLE
-            self.deadline = ctx.now + ctx.idle_timeout_s
+            self.deadline = self.ctx.now + self.ctx.idle_timeout_s
 
     async def _stream(
         self,
