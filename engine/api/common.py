@@ -10,7 +10,7 @@ from typing import Any
 from engine.http.request import Request
 from engine.http.response import Headers, Response, error_response
 from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest, Rejection
+from engine.scheduler.queues import CANCELLED, InferRequest, Rejection
 
 INVALID_INPUT = "invalid_input"
 MODEL_NOT_FOUND = "model_not_found"
@@ -86,12 +86,20 @@ def priority_and_timeout(
 
 
 async def infer(
-    batcher: Batcher, items: list[Any], key: Hashable, level: int, timeout_s: float | None
+    req: Request,
+    batcher: Batcher,
+    items: list[Any],
+    key: Hashable,
+    level: int,
+    timeout_s: float | None,
 ) -> InferRequest:
-    """Queue ``items`` on ``batcher`` and wait for all outputs.
+    """Queue ``items`` on ``batcher`` for the HTTP request ``req`` and wait for all outputs.
+
+    A client that goes away while its request is still queued (connection lost, or FIN) has
+    the request removed from the queue, so it never takes executor time.
 
     Raises:
-        Rejection: queue full, deadline, executor error, shutdown.
+        Rejection: queue full, deadline, executor error, shutdown, client gone.
     """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[InferRequest] = loop.create_future()
@@ -101,12 +109,24 @@ async def infer(
             fut.set_result(r)
 
     ireq = InferRequest(items, key, level, deliver, timeout_s, loop)
+
+    def client_gone() -> None:
+        if batcher.cancel(ireq):
+            ireq.error = Rejection(499, CANCELLED, "client closed the connection while queued")
+            deliver(ireq)
+
     batcher.submit(ireq)
+    conn = req.conn
+    if conn is not None:
+        conn.on_client_eof(client_gone)
     try:
         done = await fut
     except asyncio.CancelledError:
-        batcher.cancel(ireq)  # the client went away: do not run it if it is still queued
+        batcher.cancel(ireq)  # connection lost: do not run it if it is still queued
         raise
+    finally:
+        if conn is not None:
+            conn.discard_client_eof(client_gone)
     if done.error is not None:
         raise done.error
     return done

@@ -264,7 +264,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid("TEXT elements must be UTF-8") from None
             if not texts or not all(texts):
                 raise invalid("TEXT must hold non-empty strings")
-            done = await infer(b, texts, ("kserve-text",), level, timeout)
+            done = await infer(req, b, texts, ("kserve-text",), level, timeout)
             arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
             out_name, out_type = "EMBEDDING", "FP32"
         else:
@@ -273,7 +273,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
             if value.ndim < 1 or value.shape[0] == 0:
                 raise invalid("INPUT0 needs a batch dimension of at least 1")
             key = (name, datatype, value.shape[1:])
-            done = await infer(b, list(value), key, level, timeout)
+            done = await infer(req, b, list(value), key, level, timeout)
             arr = np.stack(done.outputs).astype(DTYPES[datatype])
             out_name, out_type = "OUTPUT0", datatype
         return encode_output(

@@ -92,7 +92,7 @@ def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid(f"model {body.model} only supports dimensions={dim}")
             items = parse_inputs(body.input, getattr(batcher.executor, "vocab_size", None))
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
-            done = await infer(batcher, items, _EMBED_KEY, level, timeout)
+            done = await infer(req, batcher, items, _EMBED_KEY, level, timeout)
         except (ApiError, Rejection) as e:
             return api_error_response(e)
         as_b64 = body.encoding_format == "base64"

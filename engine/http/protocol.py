@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
@@ -145,6 +145,7 @@ class HttpProtocol(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "drain_waiter",
+        "eof_callbacks",
         "expect",
         "handler",
         "head_raw",
@@ -188,6 +189,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reasons = 0
         self.drain_waiter: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.eof_callbacks: set[Callable[[], None]] = set()
         self.deadline = _INF
         self.deadline_kind = _DL_HEAD
         # per request (the one being parsed)
@@ -247,9 +249,20 @@ class HttpProtocol(asyncio.Protocol):
         self._wake_drain()
 
     def eof_received(self) -> bool | None:
-        # The client finished sending. Answer what is in flight, then close (return False).
+        # The client finished sending. Work that is merely waiting for shared capacity (queued
+        # inference) is withdrawn through the callbacks; what already runs is answered, then
+        # the connection closes (return False closes it now).
         self.closing = True
+        for cb in list(self.eof_callbacks):
+            cb()
         return bool(self.inflight or self.pending or self.streaming)
+
+    def on_client_eof(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` if the client half-closes (FIN) while this connection is open."""
+        self.eof_callbacks.add(cb)
+
+    def discard_client_eof(self, cb: Callable[[], None]) -> None:
+        self.eof_callbacks.discard(cb)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:

@@ -25,6 +25,7 @@ from engine.config import BatchingConfig, ModelConfig
 from engine.executors.base import Executor
 from engine.scheduler.policy import decide
 from engine.scheduler.queues import (
+    CANCELLED,
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
     SHED,
@@ -107,7 +108,7 @@ class Batcher:
             removed = self.queues.remove(req)
             if removed:
                 req.finished = True
-                self.stats.rejected["client_disconnected"] += 1
+                self.stats.rejected[CANCELLED] += 1
                 self._cond.notify()
         return removed
 

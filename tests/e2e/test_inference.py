@@ -12,8 +12,9 @@ import openai
 import pytest
 
 from engine.executors.onnx import OnnxEmbeddingExecutor
+from engine.executors.sim import sim_vector
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
-from tests.support.client import RawConnection, metric
+from tests.support.client import RawConnection, build_request, metric
 from tests.support.server import ServerProcess
 
 CONFIG = """
@@ -247,3 +248,60 @@ def _running(port: int, model: str) -> bool:
     dropped = sum(n for reason, n in st["rejected"].items() if reason != "queue_full")
     finished = st["succeeded"] + st["failed"] + dropped
     return st["submitted"] > finished and sum(m["queue_depth"]) == 0
+
+
+def test_a_client_that_disconnects_while_queued_is_removed(server: ServerProcess) -> None:
+    port = server.port
+    before = _metrics(port)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(post, port, "/v1/embeddings", {"model": "sim-slow", "input": "busy"})
+        for _ in range(2000):
+            if _running(port, "sim-slow"):
+                break
+        else:
+            raise AssertionError("the first request never started")
+        c = RawConnection(port)
+        c.send(
+            build_request("POST", "/v1/embeddings", body=b'{"model": "sim-slow", "input": "bye"}')
+        )
+        for _ in range(2000):  # until it is queued
+            with RawConnection(port) as probe:
+                depth = probe.request("GET", "/admin/models").json()["models"]
+            if sum(next(m for m in depth if m["name"] == "sim-slow")["queue_depth"]) == 1:
+                break
+        c.close()  # the client goes away while its request waits
+        for _ in range(2000):
+            text = _metrics(port)
+            if metric_or_zero(text, "client_disconnected") > metric_or_zero(
+                before, "client_disconnected"
+            ):
+                break
+        else:
+            raise AssertionError("the queued request of a closed connection was not removed")
+        assert busy.result()[0] == 200
+    with RawConnection(port) as probe:
+        models = probe.request("GET", "/admin/models").json()["models"]
+    assert sum(next(m for m in models if m["name"] == "sim-slow")["queue_depth"]) == 0
+
+
+def test_pipelined_inference_requests_are_answered_in_order(server: ServerProcess) -> None:
+    bodies = [json.dumps({"model": "sim-embed", "input": f"text {i}"}).encode() for i in range(5)]
+    with RawConnection(server.port) as c:
+        c.send(b"".join(build_request("POST", "/v1/embeddings", body=b) for b in bodies))
+        got = [c.read_response() for _ in bodies]
+    for i, r in enumerate(got):
+        assert r.status == 200
+        vec = np.asarray(r.json()["data"][0]["embedding"])
+        assert np.allclose(vec, sim_vector(f"text {i}", 8))
+
+
+def metric_or_zero(text: str, reason: str) -> float:
+    """sim-slow's rejections for ``reason`` (0 before the first one creates the series)."""
+    for line in text.splitlines():
+        if (
+            line.startswith("infergate_model_rejections_total{")
+            and f'reason="{reason}"' in line
+            and 'model="sim-slow"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -196,3 +196,39 @@ def test_set_batching_applies_to_the_next_batch(make: Any) -> None:
         assert w.result().error is None
     assert [len(x) for x in gate.batches] == [1, 2, 2]
     assert b.stats.config_changes == 1
+
+
+def test_max_queue_size_holds_under_a_concurrent_burst(make: Any) -> None:
+    gate = Gate()
+    prios = PrioritiesConfig(levels=1, queue=[LevelConfig(max_queue_size=10)])
+    b = make(gate, priorities=prios)
+    submit(b, [0])
+    assert gate.started.acquire(timeout=10)  # the slot is busy: everything else queues
+    accepted: list[Waiter] = []
+    rejected = []
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def burst() -> None:
+        start.wait()
+        for i in range(20):
+            try:
+                w = submit(b, [i])
+                with lock:
+                    accepted.append(w)
+            except Rejection as e:
+                with lock:
+                    rejected.append(e.reason)
+
+    threads = [threading.Thread(target=burst) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert b.snapshot_depths() == [10]
+    assert len(accepted) == 10
+    assert len(rejected) == 16 * 20 - 10
+    assert set(rejected) == {"queue_full"}
+    gate.open.set()
+    for w in accepted:
+        assert w.result().error is None
