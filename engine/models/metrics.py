@@ -45,6 +45,11 @@ class ModelCollector(Collector):
         changes = CounterMetricFamily(
             "infergate_model_config_changes", "Runtime batching changes.", labels=["model"]
         )
+        batching = GaugeMetricFamily(
+            "infergate_model_batching",
+            "Current batching config: max_batch_size and max_queue_delay_us; policy as a label.",
+            labels=["model", "policy", "setting"],
+        )
         for b in models:
             st = b.stats
             requests.add_metric([b.name, "ok"], st.succeeded)
@@ -56,7 +61,10 @@ class ModelCollector(Collector):
             busy.add_metric([b.name], st.busy_s)
             instances.add_metric([b.name], b.executor.instances)
             changes.add_metric([b.name], st.config_changes)
-        yield from (requests, rejections, depth, busy, instances, changes)
+            cfg = b.batching
+            batching.add_metric([b.name, cfg.policy, "max_batch_size"], cfg.max_batch_size)
+            batching.add_metric([b.name, cfg.policy, "max_queue_delay_us"], cfg.max_queue_delay_us)
+        yield from (requests, rejections, depth, busy, instances, changes, batching)
         yield _hist(
             "infergate_model_queue_wait_seconds", "Time from enqueue to dispatch.",
             [(b.name, b.stats.queue_wait_s) for b in models],

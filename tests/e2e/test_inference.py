@@ -231,6 +231,10 @@ def test_admin_patch_under_load_loses_no_request(server: ServerProcess) -> None:
     assert models["sim-embed"]["batching"]["max_batch_size"] == 8
     text = _metrics(port)
     assert metric(text, "infergate_model_config_changes_total", model="sim-embed") >= 1
+    assert (
+        metric(text, "infergate_model_batching", model="sim-embed", policy="window",
+               setting="max_batch_size") == 8
+    )  # fmt: skip
 
 
 def _metrics(port: int) -> str:
