@@ -6,9 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from app.config import ConfigError, load_config
+from app.runtime import JsonFormatter, ServerView, reload_batching
 from engine import __version__
 from engine.executors.base import ExecutorError
 from engine.server import Server
@@ -34,13 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(json_lines: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("INFERGATE_LOG_LEVEL", "INFO").upper())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFERGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     overrides: dict[str, Any] = {}
     if args.listen is not None:
         overrides["listen"] = args.listen
@@ -55,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"config OK: {loaded.source}")
         return 0
+    tui = not args.headless and sys.stdout.isatty() and sys.stdin.isatty()
+    # headless with access logging on: structured JSON lines for log shippers
+    _setup_logging(json_lines=not tui and cfg.access_log)
     if loaded.static_root is None:
         log.warning("no static files: folder %r not found", cfg.static_root)
-    if not args.headless and sys.stdout.isatty():
-        log.info("the dashboard is not built yet; running headless")
     try:
         server = Server(cfg, loaded.static_root, loaded.base_dir)
         host, port = server.start()
@@ -70,17 +79,46 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shown = f"[{host}]" if ":" in host else host
     models = ", ".join(f"{m.name} ({m.executor})" for m in cfg.models)
+    status = (
+        f"infergate {__version__} listening on http://{shown}:{port} "
+        f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
+        f"{loaded.static_root or 'off'}; models: {models or 'none'})"
+    )
+    if tui:
+        return _run_dashboard(server, status)
 
     def ready() -> None:
-        print(
-            f"infergate {__version__} listening on http://{shown}:{port} "
-            f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
-            f"{loaded.static_root or 'off'}; models: {models or 'none'})",
-            flush=True,
-        )
+        print(status, flush=True)
 
-    cut = server.run(install_signals=True, on_ready=ready)
+    cut = server.run(
+        install_signals=True,
+        on_ready=ready,
+        on_sighup=lambda: reload_batching(server, args.config, overrides),
+    )
     return 0 if cut == 0 else 3
+
+
+def _run_dashboard(server: Server, status: str) -> int:
+    """Textual owns the main thread (its driver installs the signal handlers); the reactors
+    run in a background thread without signal handlers; Ctrl+C / q quit through the app."""
+    from tui.app import Dashboard, RingLogHandler  # noqa: PLC0415 - only in TUI mode
+
+    ring = RingLogHandler()
+    logging.getLogger().handlers[:] = [ring]
+    log.info(status)
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(server.run(install_signals=False)),
+        name="infergate-main-reactor",
+    )
+    thread.start()
+    try:
+        Dashboard(ServerView(server), logs=ring, on_exit=server.stop).run()
+    finally:
+        server.stop()
+        thread.join()
+    print(status.replace("listening on", "served"), file=sys.stderr)
+    return 0 if result and result[0] == 0 else 3
 
 
 if __name__ == "__main__":

@@ -52,6 +52,19 @@ class Control:
             )
         return out
 
+    def set_default_priority(self, name: str, level: Any) -> int:
+        """Set the level of requests that name none. Raises ControlError (404/400)."""
+        b = self.registry.get(name)
+        if b is None:
+            raise ControlError(404, f"model {name!r} does not exist")
+        if not isinstance(level, int) or isinstance(level, bool):
+            raise ControlError(400, "default priority must be an integer")
+        try:
+            b.set_default_priority(level)
+        except ValueError as e:
+            raise ControlError(400, str(e)) from None
+        return level
+
     def update_batching(self, name: str, changes: dict[str, Any]) -> BatchingConfig:
         """Merge ``changes`` into model ``name``'s batching config, validate, apply.
 

@@ -86,11 +86,21 @@ class Server:
         self.address = (host, port)
         return host, port
 
-    def run(self, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
-        """Serve on the calling thread until stopped; returns connections cut at the drain."""
+    def run(
+        self,
+        install_signals: bool = True,
+        on_ready: Callable[[], None] | None = None,
+        on_sighup: Callable[[], None] | None = None,
+    ) -> int:
+        """Serve on the calling thread until stopped; returns connections cut at the drain.
+
+        With ``install_signals`` (main thread only), SIGTERM/SIGINT drain and stop, and SIGHUP
+        calls ``on_sighup``. Without (the TUI owns the main thread), call ``stop``.
+        """
         if self.main is None:
             self.start()
         assert self.main is not None
+        self.main.on_sighup = on_sighup
         try:
             return self.main.run(install_signals, on_ready=on_ready)
         finally:

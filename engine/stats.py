@@ -107,6 +107,8 @@ class ModelStats:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.compute_s = Histogram(DURATION_BUCKETS)
         self.queue_wait_s = Histogram(WAIT_BUCKETS)
+        self.latency_s = Histogram(DURATION_BUCKETS)
+        """Enqueue to all outputs ready (queue wait + compute of every part)."""
 
     def observe_batch(self, items: int, requests: int, seconds: float, failed: bool) -> None:
         self.batches += 1
@@ -117,12 +119,13 @@ class ModelStats:
         self.batch_requests.observe(requests)
         self.compute_s.observe(seconds)
 
-    def observe_request(self, req: Any, dispatched_at: float, ok: bool) -> None:
+    def observe_request(self, req: Any, now: float, ok: bool) -> None:
         if ok:
             self.succeeded += 1
         else:
             self.failed += 1
         self.queue_wait_s.observe(max(0.0, req.dispatched_at - req.enqueued))
+        self.latency_s.observe(max(0.0, now - req.enqueued))
 
 
 @dataclass(frozen=True, slots=True)

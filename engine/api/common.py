@@ -127,7 +127,16 @@ async def infer(
     finally:
         if conn is not None:
             conn.discard_client_eof(client_gone)
+    req.notes = {
+        "model": batcher.name,
+        "priority": level,
+        "items": len(items),
+        "queue_us": round((done.dispatched_at - done.enqueued) * 1e6),
+        "batch_items": done.batch_items,
+        "batch_requests": done.batch_requests,
+    }
     if done.error is not None:
+        req.notes["error"] = done.error.reason
         raise done.error
     return done
 

@@ -15,6 +15,7 @@ other than 1.0/1.1 (505), methods outside the supported set (501), and every siz
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -753,14 +754,29 @@ def _no_handler(req: Request, route: Route | None) -> Response:
     return error_response(404, f"no route for {req.path}")
 
 
+_request_ids = itertools.count(1)
+
+
 def _log_access(req: Request, status: int) -> None:
+    """One access-log record; ``fields`` carries the structured data for JSON logging."""
+    rid = req.header(b"x-request-id")
+    fields: dict[str, object] = {
+        "request_id": rid.decode("latin-1") if rid else f"{os.getpid():x}-{next(_request_ids)}",
+        "method": req.method,
+        "path": req.raw_path.decode("latin-1"),
+        "status": status,
+        "duration_ms": round((time.perf_counter() - req.t0) * 1000, 3),
+    }
+    if req.notes:
+        fields.update(req.notes)
     access_log.info(
         "%s %s HTTP/%s %d %.3fms",
         req.method,
-        req.raw_path.decode("latin-1"),
+        fields["path"],
         req.version,
         status,
-        (time.perf_counter() - req.t0) * 1000,
+        fields["duration_ms"],
+        extra={"fields": fields},
     )
 
 

@@ -18,6 +18,7 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "notes",
         "path",
         "query",
         "raw_path",
@@ -52,6 +53,8 @@ class Request:
         """The connection, for disconnect checks; None in unit tests."""
         self.t0 = 0.0
         """``time.perf_counter()`` when the request's first byte was parsed."""
+        self.notes: dict[str, object] | None = None
+        """Fields a handler adds to this request's access-log line (model, batch size...)."""
 
     def header(self, name: bytes) -> bytes | None:
         """First value of the (lower-case) header ``name``, or None."""

@@ -162,6 +162,8 @@ class MainReactor:
         self._next = 0
         self._accept_paused = False
         self._started = threading.Event()
+        self.on_sighup: Callable[[], None] | None = None
+        """Called on the main reactor's loop for SIGHUP (config reload), if set."""
 
     def run(self, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
         """Serve until ``request_stop`` or SIGTERM/SIGINT; returns connections cut at drain."""
@@ -176,6 +178,8 @@ class MainReactor:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self._stop.set)
+            if self.on_sighup is not None:
+                self.loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         if self.mode == "handoff":
             self.loop.add_reader(self.listeners[0].fileno(), self._on_acceptable)
         self._started.set()
@@ -194,7 +198,7 @@ class MainReactor:
         for sub in self.subs:
             sub.stop()
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self.loop.remove_signal_handler(sig)
         log.info("stopped (%d connection(s) cut at the drain timeout)", cut)
         return cut

@@ -21,6 +21,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import msgspec
+
 from engine.config import BatchingConfig, ModelConfig
 from engine.executors.base import Executor
 from engine.scheduler.policy import decide
@@ -131,6 +133,22 @@ class Batcher:
         with self._cond:
             return self.queues.depths()
 
+    def depths_nowait(self) -> list[int]:
+        """Queued requests per level without taking the lock (``len`` of a deque is atomic
+        under the GIL): for dashboards that must never wait on the request path."""
+        return [len(q) for q in self.queues.levels]
+
+    def set_default_priority(self, level: int) -> None:
+        """Change the level of requests that name none. Thread-safe (one reference swap)."""
+        prios = self.config.priorities
+        if not 1 <= level <= prios.levels:
+            raise ValueError(f"default priority must be 1..{prios.levels}, got {level}")
+        new = msgspec.structs.replace(prios, default=level)
+        with self._cond:
+            self.config = msgspec.structs.replace(self.config, priorities=new)
+            self.stats.config_changes += 1
+        log.info("model %s: default priority -> %d", self.name, level)
+
     def close(self, timeout: float = 10.0) -> None:
         """Reject new work, finish what is queued, stop the threads. Thread-safe."""
         with self._cond:
@@ -231,7 +249,7 @@ class Batcher:
                     if error is not None or req.done == req.n:
                         req.finished = True
                         finished.append(req)
-                        self.stats.observe_request(req, t0, error is None)
+                        self.stats.observe_request(req, t1, error is None)
                 offset += end - start
         _deliver(finished)
 

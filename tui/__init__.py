@@ -1,0 +1,1 @@
+"""The operator's dashboard (Textual): reads engine snapshots, sends control changes."""
