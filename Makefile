@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit bench-http clean
+.PHONY: run test lint typecheck unit bench-http package test-package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/infergate --config configs/default.toml
+
+package: $(STAMP)
+	bash packaging/build.sh
+
+test-package: package
+	$(BIN)/python packaging/smoke_test.py dist/infergate/infergate
 
 test: $(STAMP) lint typecheck unit
 

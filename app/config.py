@@ -27,17 +27,23 @@ class LoadedConfig:
     """Folder that relative paths in the config are relative to."""
 
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.toml")
+"""The built-in config (``configs/default.toml`` links to it); used when no --config is given,
+by the package and the PyInstaller executable alike."""
+
+
 def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> LoadedConfig:
-    """Read ``path`` (or the built-in defaults), apply CLI ``overrides``, validate.
+    """Read ``path`` (or the built-in default config), apply CLI ``overrides``, validate.
 
     Raises:
         ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
     """
     raw: dict[str, Any] = {}
-    base_dir = os.getcwd()
-    source = "<built-in defaults>"
+    source = "<built-in default>"
+    builtin = path is None
+    path = path or DEFAULT_CONFIG
     if path is not None:
-        source = path
+        source = path if not builtin else f"<built-in default> ({path})"
         base_dir = os.path.dirname(os.path.abspath(path))
         try:
             with open(path, "rb") as f:
@@ -46,7 +52,7 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config {path} is not valid TOML: {e}") from None
-    explicit_static = "static_root" in raw
+    explicit_static = "static_root" in raw and not builtin
     raw.update(overrides or {})
     try:
         server = msgspec.convert(raw, ServerConfig)

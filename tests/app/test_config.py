@@ -14,6 +14,8 @@ from engine import __version__
 from engine.config import Limits, ServerConfig, parse_listen
 from tests.support.server import REPO_ROOT
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def write(tmp_path: Path, text: str, name: str = "infergate.toml") -> Path:
     path = tmp_path / name
@@ -27,23 +29,21 @@ def load_error(tmp_path: Path, text: str) -> str:
     return str(info.value)
 
 
-def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no ./public here
-    loaded = load_config(None)
-    assert loaded.server == ServerConfig()
-    assert loaded.server.limits == Limits()
-    assert loaded.server.listen == "0.0.0.0:8080"
-    assert loaded.server.accept_mode == "reuseport"
-    assert loaded.static_root is None  # the default folder is optional
-    assert loaded.source == "<built-in defaults>"
-
-
-def test_default_static_folder_is_used_when_present(
+def test_without_a_file_the_builtin_default_config_is_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "public").mkdir()
-    monkeypatch.chdir(tmp_path)
-    assert load_config(None).static_root == str(tmp_path / "public")
+    monkeypatch.chdir(tmp_path)  # independent of the current folder
+    loaded = load_config(None)
+    assert loaded.source.startswith("<built-in default>")
+    assert [m.name for m in loaded.server.models] == ["minilm", "sim-embed", "sim-tensor"]
+    assert loaded.server.models[0].executor == "onnxruntime"
+    assert loaded.server.listen == "0.0.0.0:8080"
+    assert loaded.server.accept_mode == "reuseport"
+    assert loaded.static_root == str(REPO / "public")
+
+
+def test_configs_default_toml_is_the_builtin_default() -> None:
+    assert load_config(str(REPO / "configs" / "default.toml")).server == load_config(None).server
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:

