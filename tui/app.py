@@ -157,6 +157,7 @@ class Dashboard(App[None]):
     TITLE = "infergate"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False),
         Binding("p", "cycle_policy", "Policy"),
         Binding("plus,equals_sign", "batch(2)", "+batch"),
         Binding("minus", "batch(0.5)", "-batch"),

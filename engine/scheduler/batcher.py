@@ -187,7 +187,16 @@ class Batcher:
                 parts = self._next_batch()
             if parts is None:
                 return
-            self._run_batch(parts, slot)
+            try:
+                self._run_batch(parts, slot)
+            except Exception:
+                # A bug outside the executor must not cost the slot or strand the requests.
+                log.exception("model %s: batch bookkeeping failed", self.name)
+                with self._cond:
+                    stranded = [req for req, _, _ in parts if not req.finished]
+                    for req in stranded:
+                        self.queues.remove_rest(req)
+                self._finish(stranded, Rejection(500, EXECUTOR_ERROR, "internal error in a batch"))
 
     def _next_batch(self) -> list[Part] | None:
         """Wait (under the lock) for this slot's next batch; None means stop."""
@@ -282,7 +291,10 @@ def _deliver(reqs: list[InferRequest]) -> None:
             for req in group:
                 req.deliver(req)
         else:
-            loop.call_soon_threadsafe(_deliver_all, group)
+            try:
+                loop.call_soon_threadsafe(_deliver_all, group)
+            except RuntimeError:
+                pass  # that reactor has stopped (shutdown): nobody is left to answer
 
 
 def _deliver_all(reqs: list[InferRequest]) -> None:
