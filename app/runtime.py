@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from app.config import ConfigError, load_config
-from engine.control import Control, ControlError
+from engine.control import Control
 from engine.server import Server
 from engine.snapshot import EngineSnapshot, take
 
@@ -49,8 +49,9 @@ class ServerView:
 
 def reload_batching(server: Server, path: str | None, overrides: dict[str, Any]) -> None:
     """Re-read ``path`` and apply each model's ``batching`` and default priority through the
-    control interface. Anything else that changed is reported, not applied (needs a restart).
-    A file that does not validate changes nothing."""
+    control interface, all or nothing: the whole file must validate, and every change must be
+    acceptable to its model, before any is applied. Other differences (new or removed models,
+    queue sizes, executors...) are reported; they need a restart."""
     if path is None:
         log.warning("SIGHUP: no config file to reload (started without --config)")
         return
@@ -59,17 +60,42 @@ def reload_batching(server: Server, path: str | None, overrides: dict[str, Any])
     except ConfigError as e:
         log.error("SIGHUP: config not reloaded: %s", e)
         return
-    control = server.control
     current = {m.name: m for m in server.config.models}
+    plan = []
     for m in new.models:
-        if m.name not in current:
+        old = current.get(m.name)
+        b = server.models.get(m.name)
+        if old is None or b is None:
             log.warning("SIGHUP: model %s is new; adding models needs a restart", m.name)
             continue
-        try:
-            control.update_batching(m.name, msgspec.to_builtins(m.batching))
-            control.set_default_priority(m.name, m.priorities.default)
-        except ControlError as e:
-            log.error("SIGHUP: model %s not changed: %s", m.name, e.message)
+        limit = b.executor.max_batch
+        if limit is not None and m.batching.max_batch_size > limit:
+            log.error(
+                "SIGHUP: config not reloaded: model %s max_batch_size %d exceeds the executor's "
+                "limit %d", m.name, m.batching.max_batch_size, limit,
+            )  # fmt: skip
+            return
+        if not 1 <= m.priorities.default <= b.config.priorities.levels:
+            log.error("SIGHUP: config not reloaded: model %s default priority out of range", m.name)
+            return
+        restart_only = msgspec.structs.replace(
+            m, batching=old.batching, priorities=msgspec.structs.replace(
+                m.priorities, default=old.priorities.default
+            ),
+        )  # fmt: skip
+        if restart_only != old:
+            log.warning(
+                "SIGHUP: model %s has changes besides batching; they need a restart", m.name
+            )
+        plan.append((m.name, b, m.batching, m.priorities.default))
     for name in current.keys() - {m.name for m in new.models}:
         log.warning("SIGHUP: model %s was removed from the file; removing needs a restart", name)
-    log.info("SIGHUP: batching reloaded from %s", path)
+    changed = 0
+    for name, b, batching, default in plan:
+        if batching != b.batching:
+            server.control.update_batching(name, msgspec.to_builtins(batching))
+            changed += 1
+        if default != b.config.priorities.default:
+            server.control.set_default_priority(name, default)
+            changed += 1
+    log.info("SIGHUP: reloaded %s: %d change(s) applied", path, changed)

@@ -13,6 +13,8 @@ from engine.scheduler.batcher import Batcher
 from engine.scheduler.queues import CANCELLED, InferRequest, Rejection
 
 INVALID_INPUT = "invalid_input"
+MAX_TIMEOUT_MS = 3_600_000
+"""Longest queue timeout a client may ask for (1 h)."""
 MODEL_NOT_FOUND = "model_not_found"
 
 
@@ -71,15 +73,15 @@ def priority_and_timeout(
         level = prios.default
     if not 1 <= level <= prios.levels:
         raise invalid(f"priority must be between 1 and {prios.levels}, got {level}")
-    timeout_ms = _int_header(req, b"x-request-timeout-ms")
+    timeout_ms: float | None = _int_header(req, b"x-request-timeout-ms")
     if timeout_ms is None and body_timeout_ms is not None:
         if not isinstance(body_timeout_ms, int | float) or isinstance(body_timeout_ms, bool):
             raise invalid("timeout must be a number of milliseconds")
-        timeout_ms = int(body_timeout_ms)
+        timeout_ms = body_timeout_ms
     if timeout_ms is None:
         return level, None
-    if timeout_ms <= 0:
-        raise invalid("request timeout must be a positive number of milliseconds")
+    if not 0 < timeout_ms <= MAX_TIMEOUT_MS:  # also refuses NaN
+        raise invalid(f"request timeout must be between 1 and {MAX_TIMEOUT_MS} milliseconds")
     if not prios.level(level).allow_override:
         raise invalid(f"priority {level} does not allow a client timeout")
     return level, timeout_ms / 1000
@@ -131,7 +133,9 @@ async def infer(
         "model": batcher.name,
         "priority": level,
         "items": len(items),
-        "queue_us": round((done.dispatched_at - done.enqueued) * 1e6),
+        "queue_us": round((done.dispatched_at - done.enqueued) * 1e6)
+        if done.dispatched_at
+        else None,
         "batch_items": done.batch_items,
         "batch_requests": done.batch_requests,
     }

@@ -10,6 +10,7 @@ until the batch is gathered.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -17,6 +18,7 @@ import msgspec
 import numpy as np
 
 from engine.api.common import (
+    MAX_TIMEOUT_MS,
     MODEL_NOT_FOUND,
     ApiError,
     infer,
@@ -24,6 +26,7 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
+from engine.api.openai import MAX_INPUT_CHARS, MAX_INPUTS
 from engine.http.request import Request
 from engine.http.response import CONTENT_TYPE_JSON, Headers, Response, json_response
 from engine.http.router import Router
@@ -39,6 +42,9 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }  # fmt: skip
 MAX_ELEMENTS = 16 * 1024 * 1024
+MAX_BATCH = MAX_INPUTS
+"""Rows (items) per request, as for /v1/embeddings: a request is split into batches and its
+remainder cannot be expired once it started, so one request must not be unbounded."""
 _encoder = msgspec.json.Encoder()
 
 
@@ -82,8 +88,10 @@ def _shape(spec: dict[str, Any], name: str) -> list[int]:
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise invalid(f"input {name}: shape must be a non-empty list of non-negative integers")
-    if int(np.prod(shape)) > MAX_ELEMENTS:
+    if math.prod(shape) > MAX_ELEMENTS:  # exact (np.prod would wrap around in int64)
         raise invalid(f"input {name}: more than {MAX_ELEMENTS} elements")
+    if shape[0] > MAX_BATCH:
+        raise invalid(f"input {name}: at most {MAX_BATCH} rows per request, got {shape[0]}")
     return shape
 
 
@@ -112,7 +120,7 @@ def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, An
     name = spec["name"]
     datatype = str(spec.get("datatype"))
     shape = _shape(spec, name)
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -141,7 +149,7 @@ def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, An
         raise invalid(f"input {name}: unsupported datatype {datatype!r}")
     try:
         arr = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise invalid(f"input {name}: data is not {datatype}: {e}") from None
     if arr.size != count:
         raise invalid(f"input {name}: {arr.size} values for shape {shape}")
@@ -151,7 +159,10 @@ def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, An
 def _wants_binary(header: dict[str, Any], output: str) -> bool:
     params = header.get("parameters") or {}
     binary = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
-    for out in header.get("outputs") or []:
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise invalid("outputs must be a list")
+    for out in outputs:
         if isinstance(out, dict) and out.get("name") == output:
             p = out.get("parameters") or {}
             if isinstance(p, dict) and "binary_data" in p:
@@ -248,12 +259,16 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
         params = header.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid("parameters must be an object")
+        _wants_binary(header, "")  # validates "outputs" before any work is queued
         prio = params.get("priority")
         prio = None if prio == 0 else prio  # Triton: 0 = the model's default
         timeout_us = params.get("timeout")
-        timeout_ms = (
-            timeout_us / 1000 if isinstance(timeout_us, int | float) and timeout_us else None
-        )
+        timeout_ms = None
+        if timeout_us:  # Triton: microseconds, 0 = none
+            limit_us = MAX_TIMEOUT_MS * 1000
+            if not isinstance(timeout_us, int | float) or not 0 < timeout_us <= limit_us:
+                raise invalid(f"parameters.timeout must be 1..{limit_us} microseconds")
+            timeout_ms = timeout_us / 1000
         level, timeout = priority_and_timeout(req, b, prio, timeout_ms)
         if b.config.task == "embeddings":
             if name != "TEXT" or datatype != "BYTES":
@@ -264,6 +279,8 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid("TEXT elements must be UTF-8") from None
             if not texts or not all(texts):
                 raise invalid("TEXT must hold non-empty strings")
+            if max(map(len, texts)) > MAX_INPUT_CHARS:
+                raise invalid(f"TEXT elements are limited to {MAX_INPUT_CHARS} characters")
             done = await infer(req, b, texts, ("kserve-text",), level, timeout)
             arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
             out_name, out_type = "EMBEDDING", "FP32"

@@ -147,6 +147,7 @@ class HttpProtocol(asyncio.Protocol):
         "deadline_kind",
         "drain_waiter",
         "eof_callbacks",
+        "eof_seen",
         "expect",
         "handler",
         "head_raw",
@@ -191,6 +192,7 @@ class HttpProtocol(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.eof_callbacks: set[Callable[[], None]] = set()
+        self.eof_seen = False
         self.deadline = _INF
         self.deadline_kind = _DL_HEAD
         # per request (the one being parsed)
@@ -254,13 +256,18 @@ class HttpProtocol(asyncio.Protocol):
         # inference) is withdrawn through the callbacks; what already runs is answered, then
         # the connection closes (return False closes it now).
         self.closing = True
+        self.eof_seen = True
         for cb in list(self.eof_callbacks):
             cb()
         return bool(self.inflight or self.pending or self.streaming)
 
     def on_client_eof(self, cb: Callable[[], None]) -> None:
-        """Call ``cb`` if the client half-closes (FIN) while this connection is open."""
-        self.eof_callbacks.add(cb)
+        """Call ``cb`` when the client half-closes (FIN), or now if it already has (a FIN in the
+        same read as the request arrives before the handler registers)."""
+        if self.eof_seen:
+            cb()
+        else:
+            self.eof_callbacks.add(cb)
 
     def discard_client_eof(self, cb: Callable[[], None]) -> None:
         self.eof_callbacks.discard(cb)

@@ -41,6 +41,9 @@ from engine.stats import ModelStats
 
 log = logging.getLogger("infergate.batcher")
 
+MAX_WAIT_S = 3600.0
+"""Longest single wait of a scheduler thread (it re-checks its state afterwards)."""
+
 Clock = Callable[[], float]
 
 
@@ -165,19 +168,27 @@ class Batcher:
     def _deadline_loop(self) -> None:
         q = self.queues
         while True:
-            with self._cond:
-                while True:
-                    if self._closed and not len(q):
-                        return
-                    now = self.clock()
-                    expired = q.expire(now)
-                    if expired:
-                        self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
-                        self._cond.notify_all()  # a window decision may have changed
-                        break
-                    wake = q.next_deadline()
-                    self._timer.wait(None if wake is None else max(0.0, wake - now))
-            self._finish(expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue"))
+            try:
+                with self._cond:
+                    while True:
+                        if self._closed and not len(q):
+                            return
+                        now = self.clock()
+                        expired = q.expire(now)
+                        if expired:
+                            self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
+                            self._cond.notify_all()  # a demotion or expiry changes decisions
+                            break
+                        wake = q.next_deadline()
+                        # bounded: Condition.wait overflows beyond threading.TIMEOUT_MAX
+                        self._timer.wait(
+                            MAX_WAIT_S if wake is None else min(MAX_WAIT_S, max(0.0, wake - now))
+                        )
+                self._finish(
+                    expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue")
+                )
+            except Exception:
+                log.exception("model %s: deadline thread error (continuing)", self.name)
 
     # ---- executor slot threads ---------------------------------------------------------------
 
@@ -204,6 +215,7 @@ class Batcher:
         while True:
             head = q.head()
             if head is None and self._closed:
+                self._timer.notify()  # the queue drained: let the deadline thread finish too
                 return None
             wake = None
             if head is not None:
@@ -218,7 +230,7 @@ class Batcher:
                     return parts
                 if d.wake_at is not None:
                     wake = d.wake_at - now
-            self._cond.wait(None if wake is None else max(0.0, wake))
+            self._cond.wait(MAX_WAIT_S if wake is None else min(MAX_WAIT_S, max(0.0, wake)))
 
     # ---- executor slot threads ---------------------------------------------------------------
 

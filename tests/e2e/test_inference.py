@@ -198,6 +198,16 @@ def test_deadline_expires_while_the_executor_is_busy(server: ServerProcess) -> N
     assert order == ["late", "busy"]  # it expired while the 400 ms batch was still running
 
 
+@pytest.mark.parametrize("value", ["100000000000000", "0", "-5", "1" + "0" * 400])
+def test_client_timeouts_out_of_range_are_400(server: ServerProcess, value: str) -> None:
+    status, headers, _ = post(
+        server.port, "/v1/embeddings", {"model": "sim-embed", "input": "x"},
+        headers={"X-Request-Timeout-Ms": value},
+    )  # fmt: skip
+    assert status == 400
+    assert headers["x-infergate-drop-reason"] == "invalid_input"
+
+
 def test_level_without_override_refuses_a_client_timeout(server: ServerProcess) -> None:
     status, headers, _ = post(
         server.port, "/v1/embeddings", {"model": "sim-slow", "input": "x"},

@@ -110,6 +110,16 @@ def test_bad_requests_are_4xx_with_a_kserve_error(server: ServerProcess) -> None
         (b'{"inputs": []}', 400),
         (b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1]}]}', 400),
         (b'{"inputs": [{"name": "OTHER", "datatype": "FP32", "shape": [1], "data": [1]}]}', 400),
+        (
+            b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1]}],'
+            b' "outputs": 1}',
+            400,
+        ),
+        (
+            b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1]}],'
+            b' "parameters": {"timeout": 1' + b"0" * 400 + b"}}",
+            400,
+        ),
     ]
     with RawConnection(server.port) as c:
         for body, status in cases:

@@ -78,3 +78,25 @@ def test_malformed_inputs_are_refused_with_a_message(
         decode_input(spec, memoryview(body), 0)
     assert e.value.status == 400
     assert fragment in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        # the product wraps around to 1 in int64: must still be refused
+        (
+            {"name": "x", "datatype": "FP32", "shape": [274177, 67280421310721], "data": [1]},
+            "elements",
+        ),
+        ({"name": "x", "datatype": "INT8", "shape": [4096], "data": [0] * 4096}, "rows"),
+        ({"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}, "not UINT8"),
+        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1e300]}, "not INT32"),
+    ],
+)
+def test_oversized_or_out_of_range_inputs_are_400_not_500(
+    spec: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ApiError) as e:
+        decode_input(spec, memoryview(b""), 0)
+    assert e.value.status == 400
+    assert fragment in e.value.message

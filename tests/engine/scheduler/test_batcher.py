@@ -232,3 +232,31 @@ def test_max_queue_size_holds_under_a_concurrent_burst(make: Any) -> None:
     gate.open.set()
     for w in accepted:
         assert w.result().error is None
+
+
+def test_close_finishes_queued_work_and_stops_every_thread(make: Any) -> None:
+    gate = Gate()
+    b = make(gate)
+    submit(b, [0])
+    assert gate.started.acquire(timeout=10)
+    waiters = [submit(b, [i]) for i in range(1, 4)]
+    gate.open.set()
+    b.close(timeout=5)
+    for w in waiters:
+        assert w.result().error is None
+    assert not any(t.is_alive() for t in b._threads)
+
+
+def test_a_huge_client_timeout_does_not_stop_deadlines(make: Any) -> None:
+    gate = Gate()
+    prios = PrioritiesConfig(levels=1, queue=[LevelConfig(timeout_us=0)])
+    b = make(gate, priorities=prios)
+    submit(b, [0])
+    assert gate.started.acquire(timeout=10)
+    far = Waiter()
+    b.submit(InferRequest([1], "k", 1, far, timeout_s=1e11))  # beyond threading.TIMEOUT_MAX
+    near = Waiter()
+    b.submit(InferRequest([2], "k", 1, near, timeout_s=0.01))
+    err = near.result().error
+    assert err is not None
+    assert err.reason == "deadline_exceeded"
