@@ -30,7 +30,6 @@ from engine.scheduler.queues import (
     CANCELLED,
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
-    SHED,
     UNAVAILABLE,
     InferRequest,
     Part,
@@ -92,20 +91,15 @@ class Batcher:
             if self._closed:
                 raise Rejection(503, UNAVAILABLE, f"model {self.name} is shutting down", 1.0)
             try:
-                victim = self.queues.push(req, self.clock())
+                self.queues.push(req, self.clock())
             except Rejection as r:
-                r.retry_after = self._retry_after()
+                r.retry_after = self._retry_after(req.level)
                 self.stats.rejected[r.reason] += 1
                 raise
             self.stats.submitted += 1
-            if victim is not None:
-                self.stats.rejected[SHED] += 1
             self._cond.notify()
             if req.deadline is not None:
                 self._timer.notify()
-        if victim is not None:
-            msg = f"shed from priority {victim.level} for a higher-priority request"
-            self._finish([victim], Rejection(503, SHED, msg, self._retry_after()))
 
     def cancel(self, req: InferRequest) -> bool:
         """Remove a queued request whose client went away. Thread-safe."""
@@ -286,11 +280,13 @@ class Batcher:
             self._rate = 0.8 * self._rate + 0.2 * (items / dt) if self._rate else items / dt
         self._last_done = now
 
-    def _retry_after(self) -> float:
-        """Seconds until the queue would have drained at the measured rate (1..60)."""
+    def _retry_after(self, level: int) -> float:
+        """Seconds until what a request at ``level`` waits behind would have drained at the
+        measured rate (1..60)."""
         if self._rate <= 0:
             return 1.0
-        return float(min(60, max(1, math.ceil(self.queues.items / self._rate))))
+        ahead = self.queues.items_ahead(level)
+        return float(min(60, max(1, math.ceil(ahead / self._rate))))
 
 
 def _deliver(reqs: list[InferRequest]) -> None:

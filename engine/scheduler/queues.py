@@ -17,7 +17,6 @@ from engine.config import PrioritiesConfig
 # Reasons carried by rejections: in the JSON error, the X-Infergate-Drop-Reason header, metrics.
 QUEUE_FULL = "queue_full"
 DEADLINE_EXCEEDED = "deadline_exceeded"
-SHED = "shed_for_higher_priority"
 EXECUTOR_ERROR = "executor_error"
 UNAVAILABLE = "unavailable"
 CANCELLED = "client_disconnected"
@@ -123,19 +122,20 @@ class PriorityQueues:
         for q in self.levels:
             yield from q
 
-    def push(self, req: InferRequest, now: float) -> InferRequest | None:
-        """Queue ``req``; returns a lower-priority request shed to make room, if any.
+    def push(self, req: InferRequest, now: float) -> None:
+        """Queue ``req`` at its level.
+
+        Each level is bounded by its own ``max_queue_size``, never exceeded. Priority order is
+        strict, so under overload the lower levels fill up and refuse first while the higher
+        ones keep being served: lower priorities shed first.
 
         Raises:
-            Rejection: 429 ``queue_full`` when its level is full and nothing lower can be shed.
+            Rejection: 429 ``queue_full`` when its level is full.
         """
         cfg = self.priorities.level(req.level)
         queue = self.levels[req.level - 1]
-        victim = None
         if len(queue) >= cfg.max_queue_size:
-            victim = self._shed_below(req.level)
-            if victim is None:
-                raise Rejection(429, QUEUE_FULL, f"priority {req.level} queue is full")
+            raise Rejection(429, QUEUE_FULL, f"priority {req.level} queue is full")
         req.seq = next(self._seq)
         req.enqueued = now
         timeout = cfg.timeout_us / 1e6 if cfg.timeout_us else None
@@ -147,17 +147,10 @@ class PriorityQueues:
             heapq.heappush(self._deadlines, (req.deadline, req.seq, req))
         queue.append(req)
         self.items += req.n
-        return victim
 
-    def _shed_below(self, level: int) -> InferRequest | None:
-        """Remove the newest untouched request of the lowest level below ``level``."""
-        for lower in range(len(self.levels), level, -1):
-            q = self.levels[lower - 1]
-            for req in reversed(q):
-                if req.taken == 0:
-                    self._remove(req)
-                    return req
-        return None
+    def items_ahead(self, level: int) -> int:
+        """Queued items at ``level`` and above: what a request at ``level`` waits behind."""
+        return sum(r.n - r.taken for q in self.levels[:level] for r in q)
 
     def remove(self, req: InferRequest) -> bool:
         """Drop a request none of whose items were taken (client gone). True if removed."""
@@ -194,7 +187,9 @@ class PriorityQueues:
             deadline, _, req = heapq.heappop(heap)
             if req.deadline != deadline or req.taken:
                 continue  # stale entry, or already running (deadlines apply while queued)
-            if req.demote_on_timeout and req.level < len(self.levels):
+            lowest = self.levels[-1]
+            room = len(lowest) < self.priorities.level(len(self.levels)).max_queue_size
+            if req.demote_on_timeout and req.level < len(self.levels) and room:
                 self.levels[req.level - 1].remove(req)
                 req.level = len(self.levels)
                 req.deadline = None

@@ -57,15 +57,33 @@ def test_full_level_rejects_with_429() -> None:
     assert len(q) == 2
 
 
-def test_full_high_level_sheds_the_newest_lower_priority_request() -> None:
-    q = queues(LevelConfig(max_queue_size=1), LevelConfig(max_queue_size=5))
+def test_each_level_is_bounded_by_its_own_size() -> None:
+    q = queues(LevelConfig(max_queue_size=1), LevelConfig(max_queue_size=2))
     q.push(req(level=1), 0.0)
-    old_low, new_low = req(level=2), req(level=2)
-    q.push(old_low, 0.0)
-    q.push(new_low, 0.0)
-    victim = q.push(req(level=1), 0.0)
-    assert victim is new_low
-    assert q.depths() == [2, 1]
+    q.push(req(level=2), 0.0)
+    q.push(req(level=2), 0.0)
+    with pytest.raises(Rejection):
+        q.push(req(level=1), 0.0)  # lower levels are not evicted to make room
+    with pytest.raises(Rejection):
+        q.push(req(level=2), 0.0)
+    assert q.depths() == [1, 2]
+
+
+def test_items_ahead_counts_only_the_same_and_higher_levels() -> None:
+    q = queues(LevelConfig(), LevelConfig())
+    q.push(req(n=3, level=1), 0.0)
+    q.push(req(n=5, level=2), 0.0)
+    assert q.items_ahead(1) == 3
+    assert q.items_ahead(2) == 8
+
+
+def test_demotion_into_a_full_lowest_level_expires_instead() -> None:
+    q = queues(LevelConfig(timeout_us=1000, on_timeout="delay"), LevelConfig(max_queue_size=1))
+    q.push(req(level=2), 0.0)
+    r = req(level=1)
+    q.push(r, 0.0)
+    assert q.expire(0.002) == [r]
+    assert q.depths() == [0, 1]
 
 
 def test_deadline_rejects_when_it_passes_while_queued() -> None:
