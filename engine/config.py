@@ -129,7 +129,7 @@ class LevelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Queue policy of one priority level."""
 
     max_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
-    """Queued requests at this level; beyond it: 429 (or a lower level's request is shed)."""
+    """Queued requests at this level, never exceeded; beyond it: 429."""
     timeout_us: Annotated[int, msgspec.Meta(ge=0, le=3_600_000_000)] = 0
     """Longest a request may wait in the queue; 0 = no limit."""
     on_timeout: Literal["reject", "delay"] = "reject"
