@@ -179,8 +179,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     onnxruntime-gpu. Start-up fails if one of them is not active (no silent CPU fallback)."""
     trt_cache_dir: str = ""
     """tensorrt: where built engines are cached (default ``~/.cache/infergate/trt``)."""
-    max_input_tokens: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 256
-    """embeddings: inputs are truncated to this many tokens."""
+    max_input_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 256
+    """embeddings: inputs are truncated to this many tokens (BERT-class encoders such as
+    MiniLM have 512 positions; a longer input would fail its whole batch)."""
     # simulator
     dim: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 384
     base_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 5000

@@ -168,7 +168,10 @@ class Batcher:
                         if self._closed and not len(q):
                             return
                         now = self.clock()
+                        demotions = q.demotions
                         expired = q.expire(now)
+                        if q.demotions != demotions:
+                            self._cond.notify_all()  # the head may have changed
                         if expired:
                             self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
                             self._cond.notify_all()  # a demotion or expiry changes decisions

@@ -111,6 +111,8 @@ class PriorityQueues:
         self._seq = itertools.count(1)
         self.items = 0
         """Queued items not yet taken by a batch, all levels."""
+        self.demotions = 0
+        """Requests moved to the lowest level by an ``on_timeout = "delay"`` deadline."""
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.levels)
@@ -194,6 +196,7 @@ class PriorityQueues:
                 req.level = len(self.levels)
                 req.deadline = None
                 self.levels[-1].append(req)
+                self.demotions += 1
             else:
                 self._remove(req)
                 expired.append(req)
