@@ -514,3 +514,24 @@ def test_split_points_never_change_the_output(
     finally:
         ex.shutdown()
         lp.close()
+
+
+def test_write_backpressure_pauses_reading_until_the_low_water_mark(connect: ConnFactory) -> None:
+    c = connect()
+    c.feed(get("/hello"))
+    c.protocol.pause_writing()  # the transport crossed its high-water mark
+    assert not c.transport.reading
+    c.protocol.resume_writing()  # back under the low-water mark
+    assert c.transport.reading
+    c.feed(get("/hello"))
+    assert [r.status for r in c.responses()] == [200, 200]
+
+
+def test_reading_resumes_only_when_every_reason_to_pause_is_gone(connect: ConnFactory) -> None:
+    c = connect(Limits(max_pipelined=1))
+    c.feed(get("/later?1"))  # one unanswered request: the pipeline limit pauses reading
+    c.protocol.pause_writing()
+    c.settle()  # the response is sent: the pipeline reason is gone, the write reason is not
+    assert not c.transport.reading
+    c.protocol.resume_writing()
+    assert c.transport.reading
