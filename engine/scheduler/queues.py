@@ -111,6 +111,8 @@ class PriorityQueues:
         self._seq = itertools.count(1)
         self.items = 0
         """Queued items not yet taken by a batch, all levels."""
+        self.level_items = [0] * priorities.levels
+        """The same per level, so Retry-After costs O(levels), not O(queue), under the lock."""
         self.demotions = 0
         """Requests moved to the lowest level by an ``on_timeout = "delay"`` deadline."""
 
@@ -149,10 +151,11 @@ class PriorityQueues:
             heapq.heappush(self._deadlines, (req.deadline, req.seq, req))
         queue.append(req)
         self.items += req.n
+        self.level_items[req.level - 1] += req.n
 
     def items_ahead(self, level: int) -> int:
         """Queued items at ``level`` and above: what a request at ``level`` waits behind."""
-        return sum(r.n - r.taken for q in self.levels[:level] for r in q)
+        return sum(self.level_items[:level])
 
     def remove(self, req: InferRequest) -> bool:
         """Drop a request none of whose items were taken (client gone). True if removed."""
@@ -172,6 +175,7 @@ class PriorityQueues:
         except ValueError:
             return False
         self.items -= req.n - req.taken
+        self.level_items[req.level - 1] -= req.n - req.taken
         req.deadline = None  # its heap entry is now stale
         return True
 
@@ -193,6 +197,8 @@ class PriorityQueues:
             room = len(lowest) < self.priorities.level(len(self.levels)).max_queue_size
             if req.demote_on_timeout and req.level < len(self.levels) and room:
                 self.levels[req.level - 1].remove(req)
+                self.level_items[req.level - 1] -= req.n
+                self.level_items[-1] += req.n
                 req.level = len(self.levels)
                 req.deadline = None
                 self.levels[-1].append(req)
@@ -243,6 +249,7 @@ class PriorityQueues:
                 req.taken = end
                 left -= end - start
                 self.items -= end - start
+                self.level_items[req.level - 1] -= end - start
                 if end == req.n:
                     del q[i]
                     req.deadline = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine.config import LevelConfig, PrioritiesConfig
@@ -35,6 +37,7 @@ def test_take_counts_items_and_splits_large_requests_in_order() -> None:
     assert q.take("k", 3) == [(big, 3, 5), (small, 0, 1)]
     assert q.take("k", 3) == [(small, 1, 2)]
     assert q.items == 0
+    assert q.level_items == [0]
     assert len(q) == 0
 
 
@@ -113,6 +116,7 @@ def test_delay_policy_demotes_instead_of_rejecting() -> None:
     assert q.expire(0.002) == []
     assert r.level == 2
     assert q.depths() == [0, 1]
+    assert q.level_items == [0, 1]
     assert q.next_deadline() is None
 
 
@@ -134,3 +138,35 @@ def test_cancel_removes_only_untouched_requests() -> None:
     q.take("k", 1)
     assert not q.remove(a)  # already running: it completes
     assert q.items == 2
+
+
+def test_item_counts_stay_exact_under_random_operations() -> None:
+    rng = random.Random(7)
+    q = queues(
+        LevelConfig(max_queue_size=20, timeout_us=3000, on_timeout="delay"),
+        LevelConfig(max_queue_size=20, timeout_us=5000),
+    )
+    live: list[InferRequest] = []
+    now = 0.0
+    for _ in range(3000):
+        now += rng.uniform(0, 0.001)
+        op = rng.random()
+        if op < 0.4:
+            r = req(n=rng.randint(1, 6), level=rng.randint(1, 2), key=rng.choice("ab"))
+            try:
+                q.push(r, now)
+                live.append(r)
+            except Rejection:
+                pass
+        elif op < 0.6:
+            q.take(rng.choice("ab"), rng.randint(1, 8))
+        elif op < 0.75 and live:
+            q.remove(rng.choice(live))
+        elif op < 0.85 and live:
+            q.remove_rest(rng.choice(live))
+        else:
+            q.expire(now)
+        queued = [r for level in q.levels for r in level]
+        assert q.items == sum(r.n - r.taken for r in queued)
+        assert q.level_items == [sum(r.n - r.taken for r in level) for level in q.levels]
+        assert all(len(level) <= 20 for level in q.levels)
