@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def start_litserve() -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, str(ROOT / "bench" / "litserve_app.py"), str(port)],
         cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # LitServe forks workers: stop the whole group afterwards
     )  # fmt: skip
     body = json.dumps({"input": "warm up"}).encode()
     for _ in range(600):
@@ -130,7 +132,7 @@ def main() -> None:
             results["LitServe", c] = r = run(ls_port, ls_data, c)
             print(f"LitServe c={c}: {r.ok / r.elapsed:.0f} req/s {r.statuses}", file=sys.stderr)
     finally:
-        ls.terminate()
+        os.killpg(ls.pid, signal.SIGTERM)
         ls.wait(20)
     print(f"\nMiniLM int8 ONNX, 1 intra-op thread; in-process ceiling at batch 32: {top:,.0f} "
           "embeddings/s. Closed loop, one sentence per request.\n")  # fmt: skip

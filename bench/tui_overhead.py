@@ -47,7 +47,7 @@ def wait_listening(port: int) -> None:
 
 
 def start(mode: str, port: int) -> None:
-    cfg = Path(tempfile.mkdtemp()) / "c.toml"
+    cfg = Path(tempfile.mkdtemp()) / f"c{port}.toml"
     cfg.write_text(CONFIG.format(port=port))
     cmd = f"taskset -c 0 {PY} -m app --config {cfg}" + (" --headless" if mode == "headless" else "")
     subprocess.run(["tmux", "new-session", "-d", "-s", f"ig{port}", "-x", "160", "-y", "45",
@@ -56,6 +56,8 @@ def start(mode: str, port: int) -> None:
 
 
 def stop(port: int) -> None:
+    # SIGHUP (what killing a tmux session sends) only reloads a headless server: send SIGTERM
+    subprocess.run(["pkill", "-TERM", "-f", f"127.0.0.1:{port}|c{port}.toml"], check=False)
     subprocess.run(["tmux", "kill-session", "-t", f"ig{port}"], check=False)
 
 
