@@ -15,19 +15,18 @@ other than 1.0/1.1 (505), methods outside the supported set (501), and every siz
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
 
-from engine.config import Limits
+from engine.http.answers import log_access, no_handler
+from engine.http.context import HttpContext
+from engine.http.errors import HttpError
 from engine.http.request import Request
 from engine.http.response import (
     LAST_CHUNK,
@@ -40,8 +39,10 @@ from engine.http.response import (
     encode_response,
     error_response,
 )
-from engine.http.router import SUPPORTED_METHODS, Route, Router
-from engine.stats import ReactorStats
+from engine.http.router import SUPPORTED_METHODS
+from engine.http.target import decode_path, split_target
+
+__all__ = ["CONTINUE", "HttpContext", "HttpError", "HttpProtocol"]
 
 log = logging.getLogger("infergate.http")
 access_log = logging.getLogger("infergate.access")
@@ -60,68 +61,8 @@ _PAUSE_WRITE, _PAUSE_PIPELINE, _PAUSE_CLOSING = 1, 2, 4
 LINGER_SECONDS = 2.0
 
 
-class HttpError(Exception):
-    """A request the server refuses; raised inside parser callbacks, answered in order."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class _StopParsing(Exception):
     """Raised in a callback to stop reading requests after a ``Connection: close`` one."""
-
-
-class HttpContext:
-    """State shared by the connections of one sub-reactor. Owned by that reactor's loop."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        router: Router,
-        limits: Limits,
-        stats: ReactorStats,
-        file_executor: ThreadPoolExecutor,
-        access_log: bool = False,
-    ) -> None:
-        self.loop = loop
-        self.router = router
-        self.limits = limits
-        self.stats = stats
-        self.file_executor = file_executor
-        self.access_log = access_log
-        self.connections: set[HttpProtocol] = set()
-        self.shutting_down = False
-        # Limits in the units the hot path compares with (seconds, bytes), read per request.
-        self.header_timeout_s = limits.header_timeout_ms / 1000
-        self.idle_timeout_s = limits.idle_timeout_ms / 1000
-        self.max_uri = limits.max_uri_bytes
-        self.max_header = limits.max_header_bytes
-        self.max_body = limits.max_body_bytes
-        self.max_pipelined = limits.max_pipelined
-        self.now = loop.time()
-        """The loop's clock at the last tick. Deadlines are set from it instead of calling
-        ``loop.time()`` three times per request (bench/proto_micro.py: 3.5 -> 3.0 µs per
-        request); they fire within one tick of their due time, which the tick keeps small."""
-        self.date_line = b""
-        self.date_second = -1
-        self.update_date()
-
-    def update_date(self) -> None:
-        """Refresh the cached ``Date:`` header line (called by the reactor's tick)."""
-        now = int(time.time())
-        if now != self.date_second:
-            self.date_second = now
-            self.date_line = b"Date: %s\r\n" % time.strftime(
-                "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)
-            ).encode("latin-1")
-
-    def sweep(self, now: float) -> None:
-        """Advance the cached clock and fire connection deadlines that passed. Owning loop only."""
-        self.now = now
-        for conn in [c for c in self.connections if c.deadline <= now]:
-            conn.on_deadline()
 
 
 class _Slot:
@@ -408,9 +349,9 @@ class HttpProtocol(asyncio.Protocol):
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
         else:
-            raw_path, query = _split_target(url)
+            raw_path, query = split_target(url)
         try:
-            path = _decode_path(raw_path)
+            path = decode_path(raw_path)
         except ValueError as e:
             raise HttpError(400, str(e)) from None
         version = self.version
@@ -448,7 +389,7 @@ class HttpProtocol(asyncio.Protocol):
         handler, route = ctx.router.resolve(method, req.path)
         result: AnyResponse | Awaitable[AnyResponse]
         if handler is None:
-            result = _no_handler(req, route)
+            result = no_handler(req, route)
         else:
             try:
                 result = handler(req)
@@ -473,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
             stats.bytes_out += len(data)
             stats.observe_response(result.status, time.perf_counter() - req.t0)
             if ctx.access_log:
-                _log_access(req, result.status)
+                log_access(req, result.status)
             self._after_response(keep_alive)
             return
         self.inflight += 1
@@ -562,7 +503,7 @@ class HttpProtocol(asyncio.Protocol):
         t0 = req.t0 if req is not None else self.t0
         ctx.stats.observe_response(status, time.perf_counter() - t0)
         if ctx.access_log and req is not None:
-            _log_access(req, status)
+            log_access(req, status)
         if req is not None:
             self.inflight -= 1
             if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.max_pipelined:
@@ -746,73 +687,6 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _no_handler(req: Request, route: Route | None) -> Response:
-    """404, 405 with Allow, or the answer to OPTIONS."""
-    method = req.method
-    if route is not None:
-        if method == "OPTIONS":
-            return Response(b"", 204, b"", [(b"Allow", route.allow)])
-        allow = [(b"Allow", route.allow)]
-        return error_response(405, f"method {method} not allowed", headers=allow)
-    if method == "OPTIONS" and req.raw_path == b"*":
-        return Response(b"", 204, b"", [(b"Allow", b", ".join(sorted(_METHODS)))])
-    return error_response(404, f"no route for {req.path}")
-
-
-_request_ids = itertools.count(1)
-
-
-def _log_access(req: Request, status: int) -> None:
-    """One access-log record; ``fields`` carries the structured data for JSON logging."""
-    rid = req.header(b"x-request-id")
-    fields: dict[str, object] = {
-        "request_id": rid.decode("latin-1") if rid else f"{os.getpid():x}-{next(_request_ids)}",
-        "method": req.method,
-        "path": req.raw_path.decode("latin-1"),
-        "status": status,
-        "duration_ms": round((time.perf_counter() - req.t0) * 1000, 3),
-    }
-    if req.notes:
-        fields.update(req.notes)
-    access_log.info(
-        "%s %s HTTP/%s %d %.3fms",
-        req.method,
-        fields["path"],
-        req.version,
-        status,
-        fields["duration_ms"],
-        extra={"fields": fields},
-    )
-
-
-def _split_target(url: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of an origin-form, absolute-form or asterisk-form request target."""
-    if url[:1] == b"/":
-        path, _, query = url.partition(b"?")
-        return path, query
-    if url == b"*":
-        return b"*", b""
-    try:
-        parsed = httptools.parse_url(url)
-    except httptools.HttpParserInvalidURLError:
-        raise HttpError(400, "malformed request target") from None
-    return parsed.path or b"/", parsed.query or b""
-
-
-def _decode_path(raw: bytes) -> str:
-    """Percent-decode a path once, as UTF-8. Raises ValueError for invalid bytes."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("request path is not valid UTF-8") from None
-    if "%" not in text:
-        return text
-    try:
-        return unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        raise ValueError("percent-encoded request path is not valid UTF-8") from None
 
 
 async def _aclose(resp: StreamResponse) -> None:
