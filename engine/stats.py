@@ -80,12 +80,17 @@ class Histogram:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, float("inf")), list(self.counts), strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return out
+        return cumulative_buckets(self.bounds, list(self.counts))
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (``le`` label, running count) from per-bucket counts."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        running += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return out
 
 
 class ModelStats:
@@ -195,14 +200,9 @@ class HttpCollector(Collector):
         for cls in range(1, 6):
             by_class.add_metric([f"{cls}xx"], snap.responses_by_class[cls])
         yield by_class
-        cumulative: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*DURATION_BUCKETS, float("inf")), snap.duration_buckets, strict=True):
-            running += n
-            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
         yield HistogramMetricFamily(
             "infergate_http_request_duration_seconds",
             "Time from the first byte of a request to its response being queued for sending.",
-            buckets=cumulative,
+            buckets=cumulative_buckets(DURATION_BUCKETS, snap.duration_buckets),
             sum_value=snap.duration_sum,
         )

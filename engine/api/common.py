@@ -32,11 +32,17 @@ def invalid(message: str) -> ApiError:
     return ApiError(400, INVALID_INPUT, message)
 
 
-def error(status: int, reason: str, message: str, retry_after: float | None = None) -> Response:
-    """The JSON error (OpenAI's shape, ``code`` = reason) with ``X-Infergate-Drop-Reason``."""
+def drop_headers(reason: str, retry_after: float | None = None) -> Headers:
+    """``X-Infergate-Drop-Reason`` and, when given, ``Retry-After`` (whole seconds, ≥ 1)."""
     headers: Headers = [(b"X-Infergate-Drop-Reason", reason.encode())]
     if retry_after is not None:
         headers.append((b"Retry-After", b"%d" % max(1, round(retry_after))))
+    return headers
+
+
+def error(status: int, reason: str, message: str, retry_after: float | None = None) -> Response:
+    """The JSON error (OpenAI's shape, ``code`` = reason) with ``X-Infergate-Drop-Reason``."""
+    headers = drop_headers(reason, retry_after)
     err_type = "invalid_request_error" if status < 500 and status != 429 else "server_error"
     return error_response(status, message, err_type=err_type, code=reason, headers=headers)
 

@@ -21,6 +21,7 @@ from engine.api.common import (
     MAX_TIMEOUT_MS,
     MODEL_NOT_FOUND,
     ApiError,
+    drop_headers,
     infer,
     invalid,
     priority_and_timeout,
@@ -52,10 +53,7 @@ def kserve_error(
     status: int, reason: str, message: str, retry_after: float | None = None
 ) -> Response:
     """KServe's error shape ``{"error": "..."}``, with infergate's reason header."""
-    headers: Headers = [(b"X-Infergate-Drop-Reason", reason.encode())]
-    if retry_after is not None:
-        headers.append((b"Retry-After", b"%d" % max(1, round(retry_after))))
-    return json_response({"error": message}, status, headers)
+    return json_response({"error": message}, status, drop_headers(reason, retry_after))
 
 
 def _split_body(req: Request) -> tuple[Any, memoryview, int]:
