@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from app.config import ConfigError, load_config
-from engine.control import Control
+from engine.control import Control, ControlError
 from engine.server import Server
 from engine.snapshot import EngineSnapshot, take
 
@@ -68,15 +68,10 @@ def reload_batching(server: Server, path: str | None, overrides: dict[str, Any])
         if old is None or b is None:
             log.warning("SIGHUP: model %s is new; adding models needs a restart", m.name)
             continue
-        limit = b.executor.max_batch
-        if limit is not None and m.batching.max_batch_size > limit:
-            log.error(
-                "SIGHUP: config not reloaded: model %s max_batch_size %d exceeds the executor's "
-                "limit %d", m.name, m.batching.max_batch_size, limit,
-            )  # fmt: skip
-            return
-        if not 1 <= m.priorities.default <= b.config.priorities.levels:
-            log.error("SIGHUP: config not reloaded: model %s default priority out of range", m.name)
+        try:
+            server.control.check(m.name, m.batching, m.priorities.default)
+        except ControlError as e:
+            log.error("SIGHUP: config not reloaded: model %s: %s", m.name, e.message)
             return
         restart_only = msgspec.structs.replace(
             m, batching=old.batching, priorities=msgspec.structs.replace(

@@ -12,6 +12,7 @@ import msgspec
 
 from engine.config import BatchingConfig
 from engine.models.registry import ModelRegistry
+from engine.scheduler.batcher import Batcher
 
 
 class ControlError(Exception):
@@ -52,18 +53,39 @@ class Control:
             )
         return out
 
-    def set_default_priority(self, name: str, level: Any) -> int:
-        """Set the level of requests that name none. Raises ControlError (404/400)."""
+    def _batcher(self, name: str) -> Batcher:
         b = self.registry.get(name)
         if b is None:
             raise ControlError(404, f"model {name!r} does not exist")
-        if not isinstance(level, int) or isinstance(level, bool):
-            raise ControlError(400, "default priority must be an integer")
-        try:
-            b.set_default_priority(level)
-        except ValueError as e:
-            raise ControlError(400, str(e)) from None
-        return level
+        return b
+
+    def check(self, name: str, batching: BatchingConfig | None = None, default: Any = None) -> None:
+        """Raise ControlError (404/400) unless model ``name`` would accept these values.
+
+        The checks that a validated config struct cannot express alone: the executor's batch
+        limit, and the model's number of priority levels. Used before every change, and by the
+        SIGHUP reload to refuse a whole file before applying any of it.
+        """
+        b = self._batcher(name)
+        if batching is not None:
+            limit = b.executor.max_batch
+            size = batching.max_batch_size
+            if limit is not None and size > limit:
+                raise ControlError(
+                    400, f"max_batch_size {size} exceeds the executor's limit {limit}"
+                )
+        if default is not None:
+            if not isinstance(default, int) or isinstance(default, bool):
+                raise ControlError(400, "default priority must be an integer")
+            levels = b.config.priorities.levels
+            if not 1 <= default <= levels:
+                raise ControlError(400, f"default priority must be 1..{levels}, got {default}")
+
+    def set_default_priority(self, name: str, level: Any) -> int:
+        """Set the level of requests that name none. Raises ControlError (404/400)."""
+        self.check(name, default=level)
+        self._batcher(name).set_default_priority(level)
+        return int(level)
 
     def update_batching(self, name: str, changes: dict[str, Any]) -> BatchingConfig:
         """Merge ``changes`` into model ``name``'s batching config, validate, apply.
@@ -71,9 +93,7 @@ class Control:
         Raises:
             ControlError: 404 unknown model, 400 invalid change (the message names the field).
         """
-        b = self.registry.get(name)
-        if b is None:
-            raise ControlError(404, f"model {name!r} does not exist")
+        b = self._batcher(name)
         if not isinstance(changes, dict) or not changes:
             raise ControlError(400, "send a JSON object with the batching fields to change")
         merged = {**msgspec.to_builtins(b.batching), **changes}
@@ -81,10 +101,6 @@ class Control:
             cfg = msgspec.convert(merged, BatchingConfig)
         except msgspec.ValidationError as e:
             raise ControlError(400, f"invalid batching change: {e}") from None
-        limit = b.executor.max_batch
-        if limit is not None and cfg.max_batch_size > limit:
-            raise ControlError(
-                400, f"max_batch_size {cfg.max_batch_size} exceeds the executor's limit {limit}"
-            )
+        self.check(name, batching=cfg)
         b.set_batching(cfg)
         return cfg
