@@ -22,7 +22,7 @@ class LoadedConfig:
     static_root: str | None
     """Absolute static folder, or None when the default folder does not exist."""
     source: str
-    """The file it came from, or ``<built-in defaults>``."""
+    """The file it came from, or ``<built-in default> (PATH)``."""
     base_dir: str
     """Folder that relative paths in the config are relative to."""
 
@@ -38,20 +38,17 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
     Raises:
         ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
     """
-    raw: dict[str, Any] = {}
-    source = "<built-in default>"
     builtin = path is None
     path = path or DEFAULT_CONFIG
-    if path is not None:
-        source = path if not builtin else f"<built-in default> ({path})"
-        base_dir = os.path.dirname(os.path.abspath(path))
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    source = f"<built-in default> ({path})" if builtin else path
+    base_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, "rb") as f:
+            raw: dict[str, Any] = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
     explicit_static = "static_root" in raw and not builtin
     raw.update(overrides or {})
     try:

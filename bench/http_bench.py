@@ -24,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from loadgen import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 DURATION = int(os.environ.get("DURATION", "5"))
@@ -55,12 +57,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,13 @@ async def closed_loop(port: int, data: bytes, clients: int, requests: int) -> Re
     await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 120)
     res.elapsed = time.perf_counter() - t0
     return res
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def start_infergate(config: str) -> tuple[subprocess.Popen[str], int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, build, closed_loop, start_infergate
+from loadgen import Result, build, closed_loop, free_port, start_infergate
 
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
@@ -45,14 +45,6 @@ max_batch_size = 32
 levels = 1
 queue = [{ max_queue_size = 4096 }]
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_litserve() -> tuple[subprocess.Popen[str], int]:

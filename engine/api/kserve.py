@@ -257,7 +257,9 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
         params = header.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid("parameters must be an object")
-        _wants_binary(header, "")  # validates "outputs" before any work is queued
+        embeddings = b.config.task == "embeddings"
+        # decided (and "outputs" validated) before any work is queued
+        binary = _wants_binary(header, "EMBEDDING" if embeddings else "OUTPUT0")
         prio = params.get("priority")
         prio = None if prio == 0 else prio  # Triton: 0 = the model's default
         timeout_us = params.get("timeout")
@@ -268,7 +270,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid(f"parameters.timeout must be 1..{limit_us} microseconds")
             timeout_ms = timeout_us / 1000
         level, timeout = priority_and_timeout(req, b, prio, timeout_ms)
-        if b.config.task == "embeddings":
+        if embeddings:
             if name != "TEXT" or datatype != "BYTES":
                 raise invalid("embeddings models take input TEXT of datatype BYTES")
             try:
@@ -292,8 +294,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
             arr = np.stack(done.outputs).astype(DTYPES[datatype])
             out_name, out_type = "OUTPUT0", datatype
         return encode_output(
-            b.name, out_name, arr, out_type, _wants_binary(header, out_name), telemetry(done),
-            header.get("id"),
+            b.name, out_name, arr, out_type, binary, telemetry(done), header.get("id"),
         )  # fmt: skip
 
     router.add(["GET"], "/v2/health/live", live)
