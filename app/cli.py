@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: built-in)")
     p.add_argument("--listen", metavar="HOST:PORT", help="override `listen` (port 0: any free)")
     p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="override `admin_listen` (the admin listener; '' for none, port 0: any free)",
+    )
+    p.add_argument(
         "--sub-reactors", metavar="N", type=int, help="override `sub_reactors` (0: one per core)"
     )
     p.add_argument("--headless", action="store_true", help="run without the terminal dashboard")
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.listen is not None:
         overrides["listen"] = args.listen
+    if args.admin_listen is not None:
+        overrides["admin_listen"] = args.admin_listen
     if args.sub_reactors is not None:
         overrides["sub_reactors"] = args.sub_reactors
     try:
@@ -79,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shown = f"[{host}]" if ":" in host else host
     models = ", ".join(f"{m.name} ({m.executor})" for m in cfg.models)
+    admin = "off"
+    if server.admin_address is not None:
+        ahost, aport = server.admin_address
+        admin = f"http://{f'[{ahost}]' if ':' in ahost else ahost}:{aport}"
     status = (
         f"infergate {__version__} listening on http://{shown}:{port} "
         f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
-        f"{loaded.static_root or 'off'}; models: {models or 'none'})"
+        f"{loaded.static_root or 'off'}; models: {models or 'none'}; admin: {admin})"
     )
     if tui:
         return _run_dashboard(server, status)

@@ -62,6 +62,7 @@ class Server:
             self.router.add(["GET"], "/", StaticFiles(static_root, "/"), prefix=True)
         self.main: MainReactor | None = None
         self.address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
         """Load the models, bind the listener(s), start the sub-reactors; returns (host, port).

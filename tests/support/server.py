@@ -16,6 +16,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLOW_APP = Path(__file__).resolve().parent / "slow_app.py"
 READY_RE = re.compile(r"^infergate (\S+) listening on http://127\.0\.0\.1:(\d+) \((.*)\)$")
+ADMIN_RE = re.compile(r"admin: http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -62,6 +63,8 @@ class ServerProcess:
             str(config),
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             *([] if slow_app else ["--headless"]),
             *extra_args,
         ]
@@ -94,6 +97,9 @@ class ServerProcess:
         assert match is not None
         self.version = match.group(1)
         self.port = int(match.group(2))
+        admin = ADMIN_RE.search(match.group(3))
+        self.admin_port: int | None = int(admin.group(1)) if admin else None
+        """The admin listener's port (``/admin/*``), None when it is off."""
         self.ready_line = line
 
     def __enter__(self) -> ServerProcess:

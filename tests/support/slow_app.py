@@ -52,6 +52,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
     p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--admin-listen", default="127.0.0.1:0")
     p.add_argument("--nofile", type=int, default=0)
     args = p.parse_args()
     if args.nofile:
@@ -59,7 +60,7 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
     # Logs go to stdout, where tests wait for lines (e.g. "accept paused").
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-    loaded = load_config(args.config, {"listen": args.listen})
+    loaded = load_config(args.config, {"listen": args.listen, "admin_listen": args.admin_listen})
     server = Server(loaded.server, loaded.static_root)
     server.router.add(["GET"], "/slow", slow)
     server.router.add(["POST"], "/echo", echo)
@@ -67,7 +68,12 @@ def main() -> int:
     host, port = server.start()
 
     def ready() -> None:
-        print(f"infergate {__version__} listening on http://{host}:{port} (slow_app)", flush=True)
+        admin = server.admin_address
+        where = f"admin: http://{admin[0]}:{admin[1]}" if admin else "admin: off"
+        print(
+            f"infergate {__version__} listening on http://{host}:{port} (slow_app; {where})",
+            flush=True,
+        )
 
     cut = server.run(install_signals=True, on_ready=ready)
     return 0 if cut == 0 else 3

@@ -1,0 +1,1 @@
+"""Who may do what: the admin plane's checks (API keys and rate limits come next)."""
