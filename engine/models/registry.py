@@ -72,6 +72,12 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._batchers)
 
+    def shed_queued(self) -> int:
+        """Answer 503 ``shutting_down`` to every model's queued work (``Batcher.shed_queued``);
+        running batches finish. Thread-safe. Returns the number of requests shed."""
+        return sum(b.shed_queued() for b in self._batchers.values())
+
     def close(self) -> None:
+        """Shed what is queued, wait for the running batches, stop every model's threads."""
         for b in self._batchers.values():
             b.close()

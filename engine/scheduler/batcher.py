@@ -30,7 +30,7 @@ from engine.scheduler.queues import (
     CANCELLED,
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
-    UNAVAILABLE,
+    SHUTTING_DOWN,
     InferRequest,
     Part,
     PriorityQueues,
@@ -71,7 +71,10 @@ class Batcher:
         self._threads.append(
             threading.Thread(target=self._deadline_loop, name=f"deadlines-{cfg.name}", daemon=True)
         )
+        self._shedding = False
+        """Set by ``shed_queued``/``close``: new submits are refused with 503."""
         self._closed = False
+        """Set by ``close``: the threads exit once nothing is queued."""
         self._rate = 0.0  # items/s completed (EWMA), for Retry-After
         self._last_done = 0.0
 
@@ -85,11 +88,13 @@ class Batcher:
         """Queue ``req``. Thread-safe.
 
         Raises:
-            Rejection: 429 queue full (with Retry-After), 503 when shutting down.
+            Rejection: 429 queue full (with Retry-After), 503 ``shutting_down`` after
+            ``shed_queued`` or ``close``.
         """
         with self._cond:
-            if self._closed:
-                raise Rejection(503, UNAVAILABLE, f"model {self.name} is shutting down", 1.0)
+            if self._shedding:
+                self.stats.rejected[SHUTTING_DOWN] += 1
+                raise self._shutting_down()
             try:
                 self.queues.push(req, self.clock())
             except Rejection as r:
@@ -102,7 +107,13 @@ class Batcher:
                 self._timer.notify()
 
     def cancel(self, req: InferRequest) -> bool:
-        """Remove a queued request whose client went away. Thread-safe."""
+        """Drop the parts of ``req`` not yet started, because its client went away. Thread-safe.
+
+        True if any part was still queued: ``req`` is then finished (the outputs of its parts
+        already running are discarded when they complete) and nothing delivers it; the caller
+        answers it. False if every part had started (it completes and is delivered normally)
+        or it had already finished.
+        """
         with self._cond:
             removed = self.queues.remove(req)
             if removed:
@@ -110,6 +121,28 @@ class Batcher:
                 self.stats.rejected[CANCELLED] += 1
                 self._cond.notify()
         return removed
+
+    def shed_queued(self) -> int:
+        """Answer 503 ``shutting_down`` to every queued request, including the parts not yet
+        started of split ones, and refuse new submits the same way; running batches finish
+        normally. Thread-safe. Returns the number of requests shed.
+
+        The drain cut-off calls this so that work nobody will wait for is never computed.
+        """
+        with self._cond:
+            self._shedding = True
+            shed = self.queues.remove_all()
+            error = self._shutting_down()
+            for req in shed:
+                req.error = error
+                req.finished = True
+            self.stats.rejected[SHUTTING_DOWN] += len(shed)
+            self._cond.notify_all()
+            self._timer.notify()
+        if shed:
+            log.info("model %s: %d queued request(s) shed at shutdown", self.name, len(shed))
+        _deliver(shed)
+        return len(shed)
 
     def set_batching(self, cfg: BatchingConfig) -> BatchingConfig:
         """Swap the batching config; the next batch decision uses it. Thread-safe.
@@ -147,7 +180,9 @@ class Batcher:
         log.info("model %s: default priority -> %d", self.name, level)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Reject new work, finish what is queued, stop the threads. Thread-safe."""
+        """Shed what is queued (``shed_queued``), let the running batches finish, stop the
+        threads (each join bounded by ``timeout``). Thread-safe."""
+        self.shed_queued()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -174,6 +209,9 @@ class Batcher:
                             self._cond.notify_all()  # the head may have changed
                         if expired:
                             self.stats.rejected[DEADLINE_EXCEEDED] += len(expired)
+                            for req in expired:
+                                req.error = _deadline_error(req)
+                                req.finished = True
                             self._cond.notify_all()  # a demotion or expiry changes decisions
                             break
                         wake = q.next_deadline()
@@ -181,9 +219,7 @@ class Batcher:
                         self._timer.wait(
                             MAX_WAIT_S if wake is None else min(MAX_WAIT_S, max(0.0, wake - now))
                         )
-                self._finish(
-                    expired, Rejection(504, DEADLINE_EXCEEDED, "deadline exceeded in queue")
-                )
+                _deliver(expired)
             except Exception:
                 log.exception("model %s: deadline thread error (continuing)", self.name)
 
@@ -200,11 +236,14 @@ class Batcher:
             except Exception:
                 # A bug outside the executor must not cost the slot or strand the requests.
                 log.exception("model %s: batch bookkeeping failed", self.name)
+                error = Rejection(500, EXECUTOR_ERROR, "internal error in a batch")
                 with self._cond:
                     stranded = [req for req, _, _ in parts if not req.finished]
                     for req in stranded:
                         self.queues.remove_rest(req)
-                self._finish(stranded, Rejection(500, EXECUTOR_ERROR, "internal error in a batch"))
+                        req.error = error
+                        req.finished = True
+                _deliver(stranded)
 
     def _next_batch(self) -> list[Part] | None:
         """Wait (under the lock) for this slot's next batch; None means stop."""
@@ -271,17 +310,14 @@ class Batcher:
                 offset += end - start
         _deliver(finished)
 
-    def _finish(self, reqs: list[InferRequest], error: Rejection) -> None:
-        for req in reqs:
-            req.error = error
-            req.finished = True
-        _deliver(reqs)
-
     def _update_rate(self, items: int, now: float) -> None:
         if self._last_done:
             dt = max(now - self._last_done, 1e-4)
             self._rate = 0.8 * self._rate + 0.2 * (items / dt) if self._rate else items / dt
         self._last_done = now
+
+    def _shutting_down(self) -> Rejection:
+        return Rejection(503, SHUTTING_DOWN, f"model {self.name} is shutting down", 1.0)
 
     def _retry_after(self, level: int) -> float:
         """Seconds until what a request at ``level`` waits behind would have drained at the
@@ -311,6 +347,14 @@ def _deliver(reqs: list[InferRequest]) -> None:
 def _deliver_all(reqs: list[InferRequest]) -> None:
     for req in reqs:
         req.deliver(req)
+
+
+def _deadline_error(req: InferRequest) -> Rejection:
+    if req.taken:
+        msg = f"deadline exceeded after {req.taken} of {req.n} items started; the rest dropped"
+    else:
+        msg = "deadline exceeded in queue"
+    return Rejection(504, DEADLINE_EXCEEDED, msg)
 
 
 def _fmt(cfg: BatchingConfig) -> str:

@@ -20,6 +20,7 @@ DEADLINE_EXCEEDED = "deadline_exceeded"
 EXECUTOR_ERROR = "executor_error"
 UNAVAILABLE = "unavailable"
 CANCELLED = "client_disconnected"
+SHUTTING_DOWN = "shutting_down"
 
 
 class Rejection(Exception):
@@ -158,8 +159,12 @@ class PriorityQueues:
         return sum(self.level_items[:level])
 
     def remove(self, req: InferRequest) -> bool:
-        """Drop a request none of whose items were taken (client gone). True if removed."""
-        if req.taken or req.finished:
+        """Drop the parts of ``req`` not yet started (client gone). True if any were queued.
+
+        Parts already running are not interrupted; the caller marks ``req`` finished so their
+        outputs are discarded.
+        """
+        if req.finished or req.taken >= req.n:
             return False
         return self._remove(req)
 
@@ -167,6 +172,18 @@ class PriorityQueues:
         """Drop what is left of a request that failed part-way (its other parts will not run)."""
         if req.taken < req.n:
             self._remove(req)
+
+    def remove_all(self) -> list[InferRequest]:
+        """Drop every queued request (and the queued rest of every split one): shutdown."""
+        out = [req for q in self.levels for req in q]
+        for q in self.levels:
+            q.clear()
+        self._deadlines.clear()
+        self.items = 0
+        self.level_items = [0] * len(self.levels)
+        for req in out:
+            req.deadline = None
+        return out
 
     def _remove(self, req: InferRequest) -> bool:
         q = self.levels[req.level - 1]
@@ -186,19 +203,25 @@ class PriorityQueues:
         return heap[0][0] if heap else None
 
     def expire(self, now: float) -> list[InferRequest]:
-        """Handle deadlines that passed: demote (``delay``) or return them for a 504."""
+        """Handle deadlines that passed: demote (``delay``) or return them for a 504.
+
+        A deadline covers the whole request: a split request whose deadline passes loses the
+        parts not yet started (its running parts finish, their outputs are discarded). A request
+        whose every part has started is no longer queued and has no deadline.
+        """
         expired = []
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             deadline, _, req = heapq.heappop(heap)
-            if req.deadline != deadline or req.taken:
-                continue  # stale entry, or already running (deadlines apply while queued)
+            if req.deadline != deadline:
+                continue  # stale entry: removed, fully dispatched or demoted
             lowest = self.levels[-1]
             room = len(lowest) < self.priorities.level(len(self.levels)).max_queue_size
             if req.demote_on_timeout and req.level < len(self.levels) and room:
+                rest = req.n - req.taken
                 self.levels[req.level - 1].remove(req)
-                self.level_items[req.level - 1] -= req.n
-                self.level_items[-1] += req.n
+                self.level_items[req.level - 1] -= rest
+                self.level_items[-1] += rest
                 req.level = len(self.levels)
                 req.deadline = None
                 self.levels[-1].append(req)
@@ -231,8 +254,10 @@ class PriorityQueues:
     def take(self, key: Hashable, max_items: int, single: bool = False) -> list[Part]:
         """Remove up to ``max_items`` items under ``key``, priority order, FIFO per level.
 
-        A request larger than what is left is split; its rest stays at the head of its level.
-        With ``single``, only the head request is taken from (batching off).
+        A request larger than what is left is split, and its rest goes to the back of its
+        level: the parts of a big request interleave with the requests queued behind it (each
+        waits at most one batch per request ahead of it), while a request queued alone still
+        fills every batch. With ``single``, only the head request is taken from (batching off).
         """
         parts: list[Part] = []
         left = max_items
@@ -250,11 +275,11 @@ class PriorityQueues:
                 left -= end - start
                 self.items -= end - start
                 self.level_items[req.level - 1] -= end - start
+                del q[i]
                 if end == req.n:
-                    del q[i]
-                    req.deadline = None
+                    req.deadline = None  # every part runs: deadlines apply while queued
                 else:
-                    i += 1
+                    q.append(req)  # split: the rest waits its turn behind the others
                 if single:
                     return parts
             if left == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -52,6 +53,20 @@ class Waiter:
         return self.req
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def poke(b: Batcher) -> None:
+    """Wake the deadline thread after the fake clock moved (a real clock needs no poke)."""
+    with b._cond:
+        b._timer.notify()
+
+
 def submit(b: Batcher, items: list[Any], level: int = 1, key: str = "k") -> Waiter:
     w = Waiter()
     b.submit(InferRequest(items, key, level, w))
@@ -63,8 +78,9 @@ def make() -> Iterator[Any]:
     made: list[tuple[Batcher, Executor]] = []
 
     def factory(executor: Executor, **kw: Any) -> Batcher:
+        clock = kw.pop("clock", time.monotonic)
         cfg = ModelConfig(name="m", **kw)
-        b = Batcher(cfg, executor)
+        b = Batcher(cfg, executor, clock)
         b.start()
         made.append((b, executor))
         return b
@@ -234,17 +250,111 @@ def test_max_queue_size_holds_under_a_concurrent_burst(make: Any) -> None:
         assert w.result().error is None
 
 
-def test_close_finishes_queued_work_and_stops_every_thread(make: Any) -> None:
+def test_close_sheds_queued_work_and_waits_only_for_the_running_batch(make: Any) -> None:
     gate = Gate()
     b = make(gate)
-    submit(b, [0])
+    running = submit(b, [0])
     assert gate.started.acquire(timeout=10)
     waiters = [submit(b, [i]) for i in range(1, 4)]
+    closer = threading.Thread(target=b.close, kwargs={"timeout": 10})
+    closer.start()
+    for w in waiters:  # answered while the batch still runs: close does not compute them
+        err = w.result().error
+        assert err is not None
+        assert (err.status, err.reason) == (503, "shutting_down")
     gate.open.set()
-    b.close(timeout=5)
-    for w in waiters:
-        assert w.result().error is None
+    assert running.result().error is None
+    closer.join(10)
+    assert not closer.is_alive()
+    assert gate.batches == [[0]]
     assert not any(t.is_alive() for t in b._threads)
+
+
+def test_shed_queued_answers_503_for_queued_work_and_unstarted_parts(make: Any) -> None:
+    gate = Gate()
+    b = make(gate, batching=BatchingConfig(policy="adaptive", max_batch_size=2))
+    split = submit(b, [1, 2, 3])  # [1, 2] runs, [3] is queued
+    assert gate.started.acquire(timeout=10)
+    queued = submit(b, [4])
+    assert b.shed_queued() == 2
+    for w in (split, queued):
+        err = w.result().error
+        assert err is not None
+        assert (err.status, err.reason) == (503, "shutting_down")
+    with pytest.raises(Rejection) as e:
+        submit(b, [5])
+    assert (e.value.status, e.value.reason) == (503, "shutting_down")
+    assert b.snapshot_depths() == [0, 0]
+    gate.open.set()
+    b.close(timeout=10)
+    assert gate.batches == [[1, 2]]  # the running batch finished; nothing else ran
+    assert b.stats.rejected["shutting_down"] == 3
+
+
+def test_a_split_request_interleaves_with_requests_queued_behind_it(make: Any) -> None:
+    gate = Gate()
+    b = make(gate, batching=BatchingConfig(policy="adaptive", max_batch_size=2))
+    first = submit(b, [0])
+    assert gate.started.acquire(timeout=10)  # the slot is busy: the rest queues
+    big = submit(b, [1, 2, 3, 4, 5, 6])
+    small = [submit(b, [100]), submit(b, [101])]
+    gate.open.set()
+    for w in (first, big, *small):
+        assert w.result().error is None
+    assert big.result().outputs == [10, 20, 30, 40, 50, 60]
+    # one batch of the big request, then the ones queued behind it, then the big one's rest
+    assert gate.batches == [[0], [1, 2], [100, 101], [3, 4], [5, 6]]
+
+
+def test_a_deadline_drops_the_unstarted_parts_of_a_split_request(make: Any) -> None:
+    clock = FakeClock()
+    gate = Gate()
+    prios = PrioritiesConfig(levels=1, queue=[LevelConfig(timeout_us=1_000_000)])
+    batching = BatchingConfig(policy="adaptive", max_batch_size=2)
+    b = make(gate, clock=clock, batching=batching, priorities=prios)
+    big = submit(b, [1, 2, 3, 4])
+    assert gate.started.acquire(timeout=10)  # [1, 2] runs
+    clock.now = 2.0  # the 1 s deadline passes while the first part runs
+    poke(b)
+    err = big.result().error  # answered without waiting for the running part
+    assert err is not None
+    assert (err.status, err.reason) == (504, "deadline_exceeded")
+    gate.open.set()
+    after = submit(b, [9])
+    assert after.result().error is None
+    assert gate.batches == [[1, 2], [9]]
+    assert b.stats.rejected["deadline_exceeded"] == 1
+
+
+def test_cancel_drops_the_unstarted_parts_of_a_running_request(make: Any) -> None:
+    gate = Gate()
+    b = make(gate, batching=BatchingConfig(policy="adaptive", max_batch_size=2))
+    w = Waiter()
+    r = InferRequest([1, 2, 3, 4, 5, 6], "k", 1, w)
+    b.submit(r)
+    assert gate.started.acquire(timeout=10)  # [1, 2] runs
+    assert b.cancel(r)
+    assert r.finished
+    assert b.snapshot_depths() == [0, 0]
+    gate.open.set()
+    after = submit(b, [9])
+    assert after.result().error is None
+    assert gate.batches == [[1, 2], [9]]
+    assert not w.done.is_set()  # the caller answers a cancelled request, not the batcher
+    assert b.stats.rejected["client_disconnected"] == 1
+    assert not b.cancel(r)  # already finished
+
+
+def test_cancel_of_a_request_whose_parts_all_started_lets_it_complete(make: Any) -> None:
+    gate = Gate()
+    b = make(gate, batching=BatchingConfig(policy="adaptive", max_batch_size=4))
+    w = Waiter()
+    r = InferRequest([1, 2], "k", 1, w)
+    b.submit(r)
+    assert gate.started.acquire(timeout=10)
+    assert not b.cancel(r)
+    gate.open.set()
+    assert w.result().outputs == [10, 20]
 
 
 def test_a_huge_client_timeout_does_not_stop_deadlines(make: Any) -> None:

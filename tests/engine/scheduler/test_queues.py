@@ -33,9 +33,9 @@ def test_take_counts_items_and_splits_large_requests_in_order() -> None:
     q.push(big, 0.0)
     q.push(small, 0.0)
     assert q.take("k", 3) == [(big, 0, 3)]
-    assert q.head() is big  # the rest stays at the head
-    assert q.take("k", 3) == [(big, 3, 5), (small, 0, 1)]
-    assert q.take("k", 3) == [(small, 1, 2)]
+    assert q.head() is small  # the rest of a split request waits behind the others
+    assert q.take("k", 3) == [(small, 0, 2), (big, 3, 4)]
+    assert q.take("k", 3) == [(big, 4, 5)]
     assert q.items == 0
     assert q.level_items == [0]
     assert len(q) == 0
@@ -120,24 +120,88 @@ def test_delay_policy_demotes_instead_of_rejecting() -> None:
     assert q.next_deadline() is None
 
 
-def test_running_requests_do_not_expire() -> None:
+def test_fully_dispatched_requests_do_not_expire() -> None:
     q = queues(LevelConfig(timeout_us=1000))
     r = req(n=4)
     q.push(r, 0.0)
-    q.take("k", 2)  # half of it is running
+    q.take("k", 4)  # all of it is running
     assert q.expire(1.0) == []
-    assert q.head() is r
+    assert q.next_deadline() is None
 
 
-def test_cancel_removes_only_untouched_requests() -> None:
+def test_a_deadline_covers_the_whole_of_a_split_request() -> None:
+    q = queues(LevelConfig(timeout_us=1000))
+    r, other = req(n=4), req(n=1)
+    q.push(r, 0.0)
+    q.take("k", 2)  # half of it is running, the rest is queued
+    q.push(other, 0.0005)
+    assert q.expire(0.001) == [r]  # the queued rest is dropped; the running half finishes
+    assert q.take("k", 8) == [(other, 0, 1)]
+    assert (q.items, q.level_items, len(q)) == (0, [0], 0)
+
+
+def test_the_parts_of_a_split_request_interleave_with_later_requests() -> None:
+    q = queues(LevelConfig())
+    big = req(n=6)
+    q.push(big, 0.0)
+    smalls = [req(n=1) for _ in range(3)]
+    for s in smalls:
+        q.push(s, 0.0)
+    batches = [q.take("k", 2) for _ in range(5)]
+    assert batches == [
+        [(big, 0, 2)],
+        [(smalls[0], 0, 1), (smalls[1], 0, 1)],
+        [(smalls[2], 0, 1), (big, 2, 3)],
+        [(big, 3, 5)],  # alone in the queue: the batch is full
+        [(big, 5, 6)],
+    ]
+
+
+def test_a_request_queued_alone_fills_every_batch() -> None:
+    q = queues(LevelConfig())
+    big = req(n=7)
+    q.push(big, 0.0)
+    assert [q.take("k", 3) for _ in range(3)] == [[(big, 0, 3)], [(big, 3, 6)], [(big, 6, 7)]]
+
+
+def test_single_take_round_robins_between_split_requests() -> None:
+    q = queues(LevelConfig())
+    a, b = req(n=3), req(n=3)
+    q.push(a, 0.0)
+    q.push(b, 0.0)
+    got = [q.take("k", 2, single=True) for _ in range(4)]
+    assert got == [[(a, 0, 2)], [(b, 0, 2)], [(a, 2, 3)], [(b, 2, 3)]]
+
+
+def test_cancel_drops_the_parts_not_yet_started() -> None:
     q = queues(LevelConfig())
     a, b = req(n=3), req(n=1)
     q.push(a, 0.0)
     q.push(b, 0.0)
     assert q.remove(b)
     q.take("k", 1)
-    assert not q.remove(a)  # already running: it completes
-    assert q.items == 2
+    assert q.remove(a)  # one part runs; the two queued items are dropped
+    assert (q.items, q.level_items, len(q)) == (0, [0], 0)
+    assert q.take("k", 8) == []
+
+
+def test_cancel_of_a_fully_running_request_removes_nothing() -> None:
+    q = queues(LevelConfig())
+    a = req(n=2)
+    q.push(a, 0.0)
+    q.take("k", 2)
+    assert not q.remove(a)
+
+
+def test_remove_all_empties_every_level() -> None:
+    q = queues(LevelConfig(timeout_us=1000), LevelConfig())
+    split, low = req(n=4, level=1), req(level=2)
+    q.push(split, 0.0)
+    q.push(low, 0.0)
+    q.take("k", 2)
+    assert set(q.remove_all()) == {split, low}
+    assert (q.items, q.level_items, len(q)) == (0, [0, 0], 0)
+    assert q.next_deadline() is None
 
 
 def test_item_counts_stay_exact_under_random_operations() -> None:
@@ -164,6 +228,8 @@ def test_item_counts_stay_exact_under_random_operations() -> None:
             q.remove(rng.choice(live))
         elif op < 0.85 and live:
             q.remove_rest(rng.choice(live))
+        elif op < 0.87:
+            q.remove_all()
         else:
             q.expire(now)
         queued = [r for level in q.levels for r in level]
