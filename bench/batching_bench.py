@@ -22,7 +22,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, build, closed_loop, open_loop, start_infergate
+from loadgen import Result, build, closed_loop, open_loop, start_infergate_admin
 
 from engine.executors.sim import SimExecutor
 
@@ -76,13 +76,13 @@ def bare_p50() -> float:
 
 def main() -> None:
     os.sched_setaffinity(0, {1})
-    proc, port = start_infergate(CONFIG)
+    proc, port, admin_port = start_infergate_admin(CONFIG)
     data = build("/v1/embeddings", b'{"model":"sim-embed","input":"hello"}')
     rows: dict[str, list[tuple[int, Result]]] = {}
     single: dict[str, Result] = {}
     try:
         for name, body in POLICIES.items():
-            patch(port, body)
+            patch(admin_port, body)
             single[name] = uvloop.run(closed_loop(port, data, 1, 300))
             rows[name] = []
             for rate in RATES:

@@ -156,15 +156,24 @@ def free_port() -> int:
 
 def start_infergate(config: str) -> tuple[subprocess.Popen[str], int]:
     """Start ``python -m app`` with ``config`` (TOML text) pinned to core 0; returns its port."""
+    proc, port, _ = start_infergate_admin(config)
+    return proc, port
+
+
+def start_infergate_admin(config: str) -> tuple[subprocess.Popen[str], int, int]:
+    """``start_infergate``, also returning the admin listener's port (a free one)."""
     cfg = Path(tempfile.mkdtemp()) / "bench.toml"
     cfg.write_text(config)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
+    argv = [sys.executable, "-m", "app", "--config", str(cfg), "--headless"]
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "app", "--config", str(cfg), "--headless"],
+        ["taskset", "-c", "0", *argv, "--admin-listen", "127.0.0.1:0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening on http://127.0.0.1:" not in line:
         raise SystemExit(f"infergate did not start: {line!r}")
-    return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
+    port = int(line.split("http://127.0.0.1:")[1].split()[0])
+    admin = line.split("admin: http://127.0.0.1:")
+    return proc, port, int(admin[1].split(")")[0]) if len(admin) > 1 else 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, build, closed_loop, free_port, start_infergate
+from loadgen import Result, build, closed_loop, free_port, start_infergate_admin
 
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
@@ -108,10 +108,10 @@ def main() -> None:
     )
     ls_data = build("/predict", json.dumps({"input": SENTENCE}).encode())
     results: dict[tuple[str, int], Result] = {}
-    ig, ig_port = start_infergate(CONFIG)
+    ig, ig_port, ig_admin = start_infergate_admin(CONFIG)
     try:
         for policy in ("adaptive", "off"):
-            patch(ig_port, policy)
+            patch(ig_admin, policy)
             for c in CONCURRENCY:
                 results[f"infergate {policy}", c] = r = run(ig_port, ig_data, c)
                 print(f"infergate {policy} c={c}: {r.ok / r.elapsed:.0f} req/s", file=sys.stderr)
