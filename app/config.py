@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 import msgspec
 
 from engine.config import ServerConfig
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few kB; anything over 1 MiB is refused unread (a path replaced by a
+device or a log file must not pin the reactor that reloads it on SIGHUP, nor its memory)."""
 
 
 class ConfigError(Exception):
@@ -36,19 +41,15 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
     """Read ``path`` (or the built-in default config), apply CLI ``overrides``, validate.
 
     Raises:
-        ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
+        ConfigError: unreadable file, not a regular file, over ``MAX_CONFIG_BYTES``, not
+            UTF-8, TOML syntax error, unknown key or bad value. Nothing else escapes: SIGHUP
+            reloads rely on it to change nothing on a bad file.
     """
     builtin = path is None
     path = path or DEFAULT_CONFIG
     source = f"<built-in default> ({path})" if builtin else path
     base_dir = os.path.dirname(os.path.abspath(path))
-    try:
-        with open(path, "rb") as f:
-            raw: dict[str, Any] = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    raw = _parse(path, _read_capped(path))
     explicit_static = "static_root" in raw and not builtin
     raw.update(overrides or {})
     try:
@@ -65,3 +66,53 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
             )
         static_root = None
     return LoadedConfig(server, static_root, source, base_dir)
+
+
+def _read_capped(path: str) -> bytes:
+    """The file's bytes: a regular file of at most ``MAX_CONFIG_BYTES``, or a ConfigError.
+
+    Opened non-blocking so that a FIFO does not wait for a writer; the type is checked on the
+    open descriptor (after symlinks), and at most one byte past the cap is ever read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+            raise ConfigError(f"config {path} is not a regular file ({kind}); give a TOML file")
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; refused")
+    return data
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _parse(path: str, data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (invalid byte at offset {e.start})"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"config {path} is not valid TOML: arrays or tables nested too deeply"
+        ) from None
