@@ -1,7 +1,14 @@
 """Admin API: ``GET /admin/models``, ``PATCH /admin/models/{name}/batching`` and
-``PATCH /admin/models/{name}/priorities`` (``{"default": N}``)."""
+``PATCH /admin/models/{name}/priorities`` (``{"default": N}``).
+
+Bodies are small JSON objects: over ``MAX_ADMIN_BODY_BYTES`` is a 413, and anything that does
+not decode (invalid JSON or UTF-8, nesting too deep) a 400, always as a JSON error. Every
+applied change is audited by ``Control`` with the caller as ``actor``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -9,6 +16,38 @@ from engine.control import Control, ControlError
 from engine.http.request import Request
 from engine.http.response import Response, error_response, json_response
 from engine.http.router import Router
+
+MAX_ADMIN_BODY_BYTES = 64 * 1024
+"""The largest admin request body: a batching change is well under 1 KiB."""
+ADMIN_ACTOR = "admin"
+"""Who the audit log names for changes made through this API (one shared admin identity)."""
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_body(body: bytes) -> Any:
+    """The JSON value of an admin request body.
+
+    Raises:
+        BodyError: 413 over ``MAX_ADMIN_BODY_BYTES``; 400 invalid JSON, invalid UTF-8 inside
+            a string (msgspec raises UnicodeDecodeError), or nesting deeper than the
+            interpreter's recursion limit (RecursionError).
+    """
+    if len(body) > MAX_ADMIN_BODY_BYTES:
+        raise BodyError(413, f"admin request bodies are limited to {MAX_ADMIN_BODY_BYTES} bytes")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise BodyError(400, f"invalid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise BodyError(400, "invalid JSON: strings must be valid UTF-8") from None
+    except RecursionError:
+        raise BodyError(400, "invalid JSON: nested too deeply") from None
 
 
 def add_admin_routes(router: Router, control: Control) -> None:
@@ -21,16 +60,16 @@ def add_admin_routes(router: Router, control: Control) -> None:
         if what not in ("batching", "priorities"):
             return error_response(404, f"no admin route {req.path}")
         try:
-            changes = msgspec.json.decode(req.body)
-        except msgspec.DecodeError as e:
-            return error_response(400, f"invalid JSON: {e}")
+            changes = decode_body(req.body)
+        except BodyError as e:
+            return error_response(e.status, e.message)
         try:
             if what == "priorities":
                 if not isinstance(changes, dict) or set(changes) != {"default"}:
                     raise ControlError(400, 'send {"default": LEVEL}: only the default can change')
-                level = control.set_default_priority(name, changes["default"])
+                level = control.set_default_priority(name, changes["default"], actor=ADMIN_ACTOR)
                 return json_response({"model": name, "priorities": {"default": level}})
-            cfg = control.update_batching(name, changes)
+            cfg = control.update_batching(name, changes, actor=ADMIN_ACTOR)
         except ControlError as e:
             return error_response(e.status, e.message)
         return json_response({"model": name, "batching": msgspec.to_builtins(cfg)})

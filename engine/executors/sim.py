@@ -16,6 +16,9 @@ import numpy as np
 
 from engine.executors.base import Executor, Outputs
 
+SIM_BATCH_LIMIT = 1024
+"""The simulator's batch ceiling (its memory per item is a few KiB)."""
+
 
 def sim_vector(item: Any, dim: int) -> np.ndarray[Any, Any]:
     """The unit vector the simulator returns for ``item`` (str or token list): ``dim`` int16
@@ -69,6 +72,10 @@ class SimExecutor(Executor):
         if self.error_rate and self._rng.random() < self.error_rate:
             raise RuntimeError("simulated executor error")
         return out
+
+    def batch_limit(self) -> int:
+        """Outputs are one small vector or row per item: a generous fixed bound."""
+        return SIM_BATCH_LIMIT
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -93,6 +93,10 @@ class TensorRTEmbeddingExecutor(OnnxEmbeddingExecutor):
         self._engine: Any = None
         self._slots: list[dict[str, Any]] = []
 
+    def batch_limit(self) -> int:
+        """The engine's optimization profile ends at the start-up ``max_batch_size``."""
+        return self.max_batch_size
+
     def load(self) -> None:
         reason = probe_cuda_driver()
         if reason is not None:

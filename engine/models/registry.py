@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 
 from engine.config import ModelConfig
-from engine.executors.base import Executor, ExecutorError
+from engine.executors.base import Executor, ExecutorError, batch_ceiling
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.executors.sim import SimExecutor
 from engine.executors.tensorrt import TensorRTEmbeddingExecutor
@@ -45,6 +45,23 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
     raise ExecutorError(f"model {cfg.name}: unknown executor {cfg.executor!r}")
 
 
+def check_ceiling(cfg: ModelConfig, ceiling: int) -> None:
+    """Raise ExecutorError (naming the model) if its start-up ``max_batch_size`` is above
+    ``ceiling``."""
+    size = cfg.batching.max_batch_size
+    if size > ceiling:
+        source = (
+            "its max_batch_size_limit"
+            if cfg.max_batch_size_limit
+            else "derived from the executor's memory per item; set max_batch_size_limit to "
+            "raise it knowingly, or lower max_input_tokens"
+        )
+        raise ExecutorError(
+            f"model {cfg.name}: batching.max_batch_size {size} exceeds the ceiling {ceiling} "
+            f"({source})"
+        )
+
+
 class ModelRegistry:
     """Name → Batcher. Built and loaded before serving; read-only afterwards."""
 
@@ -54,12 +71,19 @@ class ModelRegistry:
             self._batchers[cfg.name] = Batcher(cfg, build_executor(cfg, base_dir))
 
     def load(self) -> None:
-        """Load every executor and start the batchers. Raises ExecutorError with the model."""
+        """Load every executor, fix each model's batch ceiling, start the batchers.
+
+        Raises:
+            ExecutorError: naming the model, when its executor cannot load or its configured
+                ``max_batch_size`` exceeds its ceiling.
+        """
         for name, b in self._batchers.items():
             try:
                 b.executor.load()
             except ExecutorError as e:
                 raise ExecutorError(f"model {name}: {e}") from e
+            b.ceiling = batch_ceiling(b.config.max_batch_size_limit, b.executor)
+            check_ceiling(b.config, b.ceiling)
             b.start()
             log.info("model %s ready: %s", name, b.executor.describe())
 

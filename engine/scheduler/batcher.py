@@ -24,7 +24,7 @@ from collections.abc import Callable
 import msgspec
 
 from engine.config import BatchingConfig, ModelConfig
-from engine.executors.base import Executor
+from engine.executors.base import Executor, batch_ceiling
 from engine.scheduler.policy import decide
 from engine.scheduler.queues import (
     CANCELLED,
@@ -55,6 +55,10 @@ class Batcher:
         self.batching = cfg.batching
         self.executor = executor
         self.clock = clock
+        self.ceiling = batch_ceiling(cfg.max_batch_size_limit, executor)
+        """Largest ``max_batch_size`` this model accepts, at start and for every runtime
+        change; fixed at start (``ModelRegistry.load`` recomputes it once the executor knows
+        its model)."""
         self.queues = PriorityQueues(cfg.priorities)
         self.stats = ModelStats(cfg.priorities.levels)
         lock = threading.Lock()
@@ -168,16 +172,19 @@ class Batcher:
         under the GIL): for dashboards that must never wait on the request path."""
         return [len(q) for q in self.queues.levels]
 
-    def set_default_priority(self, level: int) -> None:
-        """Change the level of requests that name none. Thread-safe (one reference swap)."""
+    def set_default_priority(self, level: int) -> int:
+        """Change the level of requests that name none; returns the previous one. Thread-safe
+        (one reference swap)."""
         prios = self.config.priorities
         if not 1 <= level <= prios.levels:
             raise ValueError(f"default priority must be 1..{prios.levels}, got {level}")
-        new = msgspec.structs.replace(prios, default=level)
         with self._cond:
+            old = self.config.priorities
+            new = msgspec.structs.replace(old, default=level)
             self.config = msgspec.structs.replace(self.config, priorities=new)
             self.stats.config_changes += 1
         log.info("model %s: default priority -> %d", self.name, level)
+        return old.default
 
     def close(self, timeout: float = 10.0) -> None:
         """Shed what is queued (``shed_queued``), let the running batches finish, stop the
