@@ -111,7 +111,11 @@ def echo_server(tmp_path_factory: pytest.TempPathFactory, static_root: Path) -> 
 
 @pytest.fixture(scope="session")
 def timeout_server(tmp_path_factory: pytest.TempPathFactory, static_root: Path) -> Iterator[int]:
-    """Port of the real server with header_timeout_ms=300 and idle_timeout_ms=500."""
-    limits = {"header_timeout_ms": 300, "idle_timeout_ms": 500}
+    """Port of the real server with header_timeout_ms=300, idle_timeout_ms=500 and
+    body_timeout_ms=400.
+
+    tests/e2e/test_timeouts.py derives its bounds from these values.
+    """
+    limits = {"header_timeout_ms": 300, "idle_timeout_ms": 500, "body_timeout_ms": 400}
     with _start(tmp_path_factory.mktemp("timeouts"), static_root, limits=limits) as server:
         yield server.port

@@ -16,6 +16,10 @@ from engine.executors.sim import sim_vector
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from tests.support.client import RawConnection, build_request, metric
 from tests.support.server import ServerProcess
+from tests.support.wait import wait_until
+
+STATE_TIMEOUT_S = 5.0
+"""Bound on waits for the server's state to change; what is waited for takes milliseconds."""
 
 CONFIG = """
 listen = "127.0.0.1:0"
@@ -184,12 +188,10 @@ def test_deadline_expires_while_the_executor_is_busy(server: ServerProcess) -> N
 
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(call, "busy", 1)
-        # wait (on the server's own state, bounded) until its batch occupies the only slot
-        for _ in range(2000):
-            if _running(server.port, "sim-slow"):
-                break
-        else:
-            raise AssertionError("the first request never started")
+        # wait on the server's own state until its batch occupies the only slot
+        wait_until(
+            lambda: _running(server.port, "sim-slow"), STATE_TIMEOUT_S, "the first request runs"
+        )
         late = pool.submit(call, "late", 2)  # level 2: 50 ms queue timeout
         status, headers = late.result()
         assert busy.result()[0] == 200
@@ -264,38 +266,35 @@ def _running(port: int, model: str) -> bool:
     return st["submitted"] > finished and sum(m["queue_depth"]) == 0
 
 
+def _queue_depth(port: int, model: str) -> int:
+    """Requests of ``model`` waiting in its queues, over every priority level."""
+    with RawConnection(port) as c:
+        models = {m["name"]: m for m in c.request("GET", "/admin/models").json()["models"]}
+    return int(sum(models[model]["queue_depth"]))
+
+
 def test_a_client_that_disconnects_while_queued_is_removed(server: ServerProcess) -> None:
     port = server.port
     before = _metrics(port)
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(post, port, "/v1/embeddings", {"model": "sim-slow", "input": "busy"})
-        for _ in range(2000):
-            if _running(port, "sim-slow"):
-                break
-        else:
-            raise AssertionError("the first request never started")
+        wait_until(lambda: _running(port, "sim-slow"), STATE_TIMEOUT_S, "the first request runs")
         c = RawConnection(port)
         c.send(
             build_request("POST", "/v1/embeddings", body=b'{"model": "sim-slow", "input": "bye"}')
         )
-        for _ in range(2000):  # until it is queued
-            with RawConnection(port) as probe:
-                depth = probe.request("GET", "/admin/models").json()["models"]
-            if sum(next(m for m in depth if m["name"] == "sim-slow")["queue_depth"]) == 1:
-                break
+        wait_until(
+            lambda: _queue_depth(port, "sim-slow") == 1, STATE_TIMEOUT_S, "the second is queued"
+        )
         c.close()  # the client goes away while its request waits
-        for _ in range(2000):
-            text = _metrics(port)
-            if metric_or_zero(text, "client_disconnected") > metric_or_zero(
-                before, "client_disconnected"
-            ):
-                break
-        else:
-            raise AssertionError("the queued request of a closed connection was not removed")
+        dropped_before = metric_or_zero(before, "client_disconnected")
+        wait_until(
+            lambda: metric_or_zero(_metrics(port), "client_disconnected") > dropped_before,
+            STATE_TIMEOUT_S,
+            "the queued request of the closed connection is counted as client_disconnected",
+        )
         assert busy.result()[0] == 200
-    with RawConnection(port) as probe:
-        models = probe.request("GET", "/admin/models").json()["models"]
-    assert sum(next(m for m in models if m["name"] == "sim-slow")["queue_depth"]) == 0
+    assert _queue_depth(port, "sim-slow") == 0
 
 
 def test_pipelined_inference_requests_are_answered_in_order(server: ServerProcess) -> None:
