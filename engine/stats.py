@@ -32,16 +32,22 @@ class ReactorStats:
         "bytes_in",
         "bytes_out",
         "connections_open",
+        "connections_refused",
         "connections_total",
         "duration_buckets",
         "duration_count",
         "duration_sum",
         "responses_by_class",
+        "slow_readers_cut",
     )
 
     def __init__(self) -> None:
         self.connections_open = 0
         self.connections_total = 0
+        self.connections_refused = 0
+        """Closed at once because ``max_connections`` was reached."""
+        self.slow_readers_cut = 0
+        """Aborted by ``send_timeout_ms`` or ``max_unsent_bytes``."""
         self.bytes_in = 0
         self.bytes_out = 0
         # index = status // 100 (1xx..5xx); index 0 unused
@@ -145,11 +151,13 @@ class HttpSnapshot:
     duration_buckets: tuple[int, ...]
     duration_sum: float
     duration_count: int
+    connections_refused: int = 0
+    slow_readers_cut: int = 0
 
 
 def snapshot(reactors: Iterable[ReactorStats]) -> HttpSnapshot:
     """Sum the counters of several reactors. Thread-safe: only reads."""
-    conn_open = conn_total = b_in = b_out = count = 0
+    conn_open = conn_total = b_in = b_out = count = refused = cut = 0
     total = 0.0
     classes = [0] * 6
     buckets = [0] * (len(DURATION_BUCKETS) + 1)
@@ -159,13 +167,24 @@ def snapshot(reactors: Iterable[ReactorStats]) -> HttpSnapshot:
         b_in += r.bytes_in
         b_out += r.bytes_out
         count += r.duration_count
+        refused += r.connections_refused
+        cut += r.slow_readers_cut
         total += r.duration_sum
         for i, v in enumerate(r.responses_by_class):
             classes[i] += v
         for i, v in enumerate(r.duration_buckets):
             buckets[i] += v
     return HttpSnapshot(
-        conn_open, conn_total, b_in, b_out, tuple(classes), tuple(buckets), total, count
+        conn_open,
+        conn_total,
+        b_in,
+        b_out,
+        tuple(classes),
+        tuple(buckets),
+        total,
+        count,
+        refused,
+        cut,
     )
 
 
@@ -188,6 +207,17 @@ class HttpCollector(Collector):
         for i, r in enumerate(self._reactors):
             per_reactor.add_metric([str(i)], r.connections_total)
         yield per_reactor
+        yield CounterMetricFamily(
+            "infergate_connections_refused",
+            "Connections closed at once because limits.max_connections was reached.",
+            snap.connections_refused,
+        )
+        yield CounterMetricFamily(
+            "infergate_http_slow_readers_cut",
+            "Connections aborted because their client read nothing for limits.send_timeout_ms "
+            "or held the most unsent bytes when limits.max_unsent_bytes was reached.",
+            snap.slow_readers_cut,
+        )
         yield CounterMetricFamily(
             "infergate_http_received_bytes", "Bytes read from clients.", snap.bytes_in
         )

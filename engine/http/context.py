@@ -5,14 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from engine.config import Limits
+from engine.http.bounds import ProcessBounds, process_bounds
 from engine.http.router import Router
 from engine.stats import ReactorStats
 
-if TYPE_CHECKING:
-    from engine.http.protocol import HttpProtocol
+
+class Connection(Protocol):
+    """What the reactor and its sweep need from a connection (``HttpProtocol``)."""
+
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
+    def begin_shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class SendWatched(Protocol):
+    """A connection with unsent bytes, checked by the sweep (``ConnectionFlow``)."""
+
+    def check_send_progress(self, now: float) -> None: ...
 
 
 class HttpContext:
@@ -26,6 +42,7 @@ class HttpContext:
         stats: ReactorStats,
         file_executor: ThreadPoolExecutor,
         access_log: bool = False,
+        bounds: ProcessBounds | None = None,
     ) -> None:
         self.loop = loop
         self.router = router
@@ -33,15 +50,24 @@ class HttpContext:
         self.stats = stats
         self.file_executor = file_executor
         self.access_log = access_log
-        self.connections: set[HttpProtocol] = set()
+        self.bounds = process_bounds(limits) if bounds is None else bounds
+        """Shared with the other sub-reactors of the process (thread-safe)."""
+        self.connections: set[Connection] = set()
+        self.backlog: set[SendWatched] = set()
+        """Connections holding unsent bytes whose progress the sweep checks (send timeout)."""
+        self.all_closed: asyncio.Event | None = None
+        """Set by the drain: connections set it when the last one closes."""
         self.shutting_down = False
         # Limits in the units the hot path compares with (seconds, bytes), read per request.
         self.header_timeout_s = limits.header_timeout_ms / 1000
         self.idle_timeout_s = limits.idle_timeout_ms / 1000
+        self.body_timeout_s = limits.body_timeout_ms / 1000
+        self.send_timeout_s = limits.send_timeout_ms / 1000
         self.max_uri = limits.max_uri_bytes
         self.max_header = limits.max_header_bytes
         self.max_body = limits.max_body_bytes
         self.max_pipelined = limits.max_pipelined
+        self.write_high = limits.write_high_water
         self.now = loop.time()
         """The loop's clock at the last tick. Deadlines are set from it instead of calling
         ``loop.time()`` three times per request (bench/proto_micro.py: 3.5 -> 3.0 µs per
@@ -60,7 +86,16 @@ class HttpContext:
             ).encode("latin-1")
 
     def sweep(self, now: float) -> None:
-        """Advance the cached clock and fire connection deadlines that passed. Owning loop only."""
+        """Advance the cached clock, fire connection deadlines that passed, and close
+        connections whose peer has read nothing for ``send_timeout_ms``. Owning loop only."""
         self.now = now
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.on_deadline()
+        if self.backlog:
+            for watched in list(self.backlog):
+                watched.check_send_progress(now)
+
+    def connection_closed(self) -> None:
+        """A connection left ``connections`` (called by it)."""
+        if not self.connections and self.all_closed is not None:
+            self.all_closed.set()

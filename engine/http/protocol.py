@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,15 +26,20 @@ import httptools
 from engine.http.answers import log_access, no_handler
 from engine.http.context import HttpContext
 from engine.http.errors import HttpError
+from engine.http.flow import (
+    CONN_CLOSE,
+    PAUSE_CLOSING,
+    PAUSE_PIPELINE,
+    PAUSE_WRITE,
+    ConnectionFlow,
+    limited_log,
+)
 from engine.http.request import Request
 from engine.http.response import (
-    LAST_CHUNK,
     AnyResponse,
     FileResponse,
     Response,
     StreamResponse,
-    chunk,
-    encode_head,
     encode_response,
     error_response,
 )
@@ -44,20 +48,13 @@ from engine.http.target import decode_path, split_target
 
 __all__ = ["CONTINUE", "HttpContext", "HttpError", "HttpProtocol"]
 
-log = logging.getLogger("infergate.http")
-access_log = logging.getLogger("infergate.access")
-
-FILE_CHUNK = 256 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-CONN_CLOSE = b"Connection: close\r\n"
 CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _METHODS = {m.encode(): m for m in SUPPORTED_METHODS}
 _INF = float("inf")
 
 # What the connection's deadline means when it passes.
 _DL_HEAD, _DL_BODY, _DL_IDLE, _DL_BUSY, _DL_LINGER = range(5)
-# Why reading is paused (bit flags).
-_PAUSE_WRITE, _PAUSE_PIPELINE, _PAUSE_CLOSING = 1, 2, 4
 LINGER_SECONDS = 2.0
 
 
@@ -75,18 +72,18 @@ class _Slot:
         self.resp = resp
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One client connection. Lives on one sub-reactor's loop; not thread-safe."""
+class HttpProtocol(ConnectionFlow, asyncio.Protocol):
+    """One client connection. Lives on one sub-reactor's loop; not thread-safe (except the
+    inherited ``cut_slow_reader``)."""
 
     __slots__ = (
+        "body_deadline",
         "body_len",
         "body_parts",
         "closing",
         "content_length",
-        "ctx",
         "deadline",
         "deadline_kind",
-        "drain_waiter",
         "eof_callbacks",
         "eof_seen",
         "expect",
@@ -96,41 +93,28 @@ class HttpProtocol(asyncio.Protocol):
         "headers",
         "host_count",
         "in_head",
-        "inflight",
         "keep_alive_hdr",
         "lingering",
-        "loop",
         "messages",
         "method",
-        "out",
         "parser",
-        "pause_reasons",
         "pending",
         "route",
-        "streaming",
         "t0",
         "tasks",
         "te",
-        "transport",
         "url",
         "version",
     )
 
     def __init__(self, ctx: HttpContext) -> None:
-        # shared by the reactor's connections, read-only here
-        self.ctx = ctx
-        self.loop = ctx.loop
+        # shared by the reactor's connections (ctx), and the output side: see ConnectionFlow
+        ConnectionFlow.__init__(self, ctx)
         # per connection
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[_Slot] = deque()
-        self.out: list[bytes] | None = None
-        self.inflight = 0
-        self.streaming = False
         self.closing = False
         self.lingering = False
-        self.pause_reasons = 0
-        self.drain_waiter: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.eof_callbacks: set[Callable[[], None]] = set()
         self.eof_seen = False
@@ -152,6 +136,7 @@ class HttpProtocol(asyncio.Protocol):
         self.version = "1.1"
         self.body_parts: list[bytes] = []
         self.body_len = 0
+        self.body_deadline = _INF
         self.handler: Any = None
         self.route: Any = None
         self.t0 = 0.0
@@ -160,23 +145,56 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
-        lim = self.ctx.limits
+        ctx = self.ctx
+        if not ctx.bounds.open_connection():
+            self._refuse()
+            return
+        self.admitted = True
+        lim = ctx.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=lim.write_high_water, low=lim.write_low_water
         )
-        self.ctx.connections.add(self)
-        stats = self.ctx.stats
+        ctx.connections.add(self)
+        stats = ctx.stats
         stats.connections_open += 1
         stats.connections_total += 1
         self._set_deadline(_DL_HEAD, self.ctx.header_timeout_s)
         if self.ctx.shutting_down:
             self.begin_shutdown()
 
+    def _refuse(self) -> None:
+        """Over ``max_connections``: close at once, log (rate-limited) and count."""
+        ctx = self.ctx
+        ctx.stats.connections_refused += 1
+        bounds = ctx.bounds
+        limited_log.warning(
+            "max_connections",
+            "refusing new connections: %d open, limits.max_connections = %d",
+            bounds.connections,
+            bounds.max_connections,
+        )
+        self.closing = True
+        assert self.transport is not None
+        self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ctx.connections.discard(self)
-        self.ctx.stats.connections_open -= 1
         self.closing = True
         self.deadline = _INF
+        if not self.admitted:
+            return
+        self.admitted = False
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.stats.connections_open -= 1
+        ctx.bounds.close_connection()
+        if self.body_held:
+            ctx.bounds.release_body(self.body_held)
+            self.body_held = 0
+        if self.watched:
+            self.watched = False
+            ctx.backlog.discard(self)
+            ctx.bounds.report_unsent(self, 0)
+        self.deferred.clear()
         for task in self.tasks:
             task.cancel()
         for slot in self.pending:
@@ -184,13 +202,7 @@ class HttpProtocol(asyncio.Protocol):
                 slot.resp.file.close()
         self.pending.clear()
         self._wake_drain()
-
-    def pause_writing(self) -> None:
-        self._pause(_PAUSE_WRITE)
-
-    def resume_writing(self) -> None:
-        self._resume(_PAUSE_WRITE)
-        self._wake_drain()
+        ctx.connection_closed()
 
     def eof_received(self) -> bool | None:
         # The client finished sending. Work that is merely waiting for shared capacity (queued
@@ -219,7 +231,9 @@ class HttpProtocol(asyncio.Protocol):
         ctx = self.ctx
         ctx.stats.bytes_in += len(data)
         if self.deadline_kind == _DL_BODY:
-            self.deadline = ctx.now + ctx.idle_timeout_s
+            # the gap allowed between body bytes, within the total body deadline
+            gap = ctx.now + ctx.idle_timeout_s
+            self.deadline = gap if gap < self.body_deadline else self.body_deadline
         head_before = self.messages if self.in_head else -1
         out: list[bytes] = []
         self.out = out
@@ -239,9 +253,14 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(cause, _StopParsing):
                 pass
             elif isinstance(cause, HttpError):
-                self._fail(cause.status, cause.message)
+                self._fail(cause.status, cause.message, cause.headers)
             else:
-                log.error("request parsing failed", exc_info=cause)
+                limited_log.log(
+                    logging.ERROR,
+                    f"parse {type(cause).__name__}",
+                    "request parsing failed",
+                    exc_info=cause,
+                )
                 self._fail(500, "internal error while parsing the request")
         except httptools.HttpParserUpgrade:
             # The request was answered; this server speaks no other protocol on this connection.
@@ -256,9 +275,7 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self.out = None
             if out:
-                data_out = out[0] if len(out) == 1 else b"".join(out)
-                assert self.transport is not None
-                self.transport.write(data_out)
+                self._flush_out(out)
 
     # ---- httptools callbacks -----------------------------------------------------------------
 
@@ -328,17 +345,24 @@ class HttpProtocol(asyncio.Protocol):
         if self.te is not None:
             self._check_transfer_encoding(version)
         lim = self.ctx.limits
-        if self.content_length > lim.max_body_bytes:
+        length = self.content_length
+        if length > lim.max_body_bytes:
             raise HttpError(413, f"request body larger than {lim.max_body_bytes} bytes")
+        if length > 0:
+            self._reserve_body(length)
         if self.expect is not None:
             self._expect_continue(version)
-        if self.content_length > 0 or self.te is not None:
-            self._set_deadline(_DL_BODY, self.ctx.idle_timeout_s)
+        if length > 0 or self.te is not None:
+            ctx = self.ctx
+            self.body_deadline = ctx.now + ctx.body_timeout_s
+            self._set_deadline(_DL_BODY, min(ctx.idle_timeout_s, ctx.body_timeout_s))
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
         if self.body_len > self.ctx.max_body:
             raise HttpError(413, f"request body larger than {self.ctx.max_body} bytes")
+        if self.content_length < 0:  # chunked: reserve as it grows
+            self._reserve_body(len(body))
         self.body_parts.append(body)
 
     def on_message_complete(self) -> None:
@@ -379,6 +403,14 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline_kind = _DL_BUSY
         if not keep_alive:
             self._stop_reading()
+        if self.pause_reasons & PAUSE_WRITE or self.deferred:
+            # The client is not reading what was already computed for it: hold this request
+            # back (it counts against max_pipelined, which pauses reading when full).
+            self.deferred.append(req)
+            self.inflight += 1
+            if self.inflight >= ctx.max_pipelined:
+                self._pause(PAUSE_PIPELINE)
+            return
         self._dispatch(req)
 
     # ---- request handling --------------------------------------------------------------------
@@ -393,8 +425,8 @@ class HttpProtocol(asyncio.Protocol):
         else:
             try:
                 result = handler(req)
-            except Exception:
-                log.exception("handler for %s %s failed", method, req.path)
+            except Exception as e:
+                _log_handler_failure(req, e)
                 result = error_response(500, "internal error")
         if type(result) is Response and not self.pending and not self.streaming:
             # Fast path, the common case: a finished response with nothing ahead of it; _send
@@ -405,13 +437,21 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 connection = CONN_CLOSE
             data = encode_response(result, ctx.date_line, connection, method == "HEAD")
+            n = len(data)
             out = self.out
             if out is not None:
                 out.append(data)
+                # Bound what one read's pipelined burst computes before the transport sees it,
+                # so its flow control (pause_writing, then deferral) can act within the burst.
+                self.out_len += n
+                if self.out_len > ctx.write_high:
+                    self._flush_out(out)
             else:
                 self.transport.write(data)  # type: ignore[union-attr]
+            if req.body:
+                self._release_body(len(req.body))
             stats = ctx.stats
-            stats.bytes_out += len(data)
+            stats.bytes_out += n
             stats.observe_response(result.status, time.perf_counter() - req.t0)
             if ctx.access_log:
                 log_access(req, result.status)
@@ -419,7 +459,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.inflight += 1
         if self.inflight >= ctx.max_pipelined:
-            self._pause(_PAUSE_PIPELINE)
+            self._pause(PAUSE_PIPELINE)
         if isinstance(result, FileResponse | StreamResponse | Response):
             self._respond(req, result)
         else:
@@ -453,9 +493,9 @@ class HttpProtocol(asyncio.Protocol):
             resp = await aw
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             assert slot.req is not None
-            log.exception("handler for %s %s failed", slot.req.method, slot.req.path)
+            _log_handler_failure(slot.req, e)
             resp = error_response(500, "internal error")
         slot.resp = resp
         self._flush_pending()
@@ -505,9 +545,11 @@ class HttpProtocol(asyncio.Protocol):
         if ctx.access_log and req is not None:
             log_access(req, status)
         if req is not None:
+            if req.body:
+                self._release_body(len(req.body))
             self.inflight -= 1
-            if self.pause_reasons & _PAUSE_PIPELINE and self.inflight < ctx.max_pipelined:
-                self._resume(_PAUSE_PIPELINE)
+            if self.pause_reasons & PAUSE_PIPELINE and self.inflight < ctx.max_pipelined:
+                self._resume(PAUSE_PIPELINE)
         self._after_response(keep_alive)
 
     def _after_response(self, keep_alive: bool) -> None:
@@ -519,128 +561,19 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline_kind = _DL_IDLE
             self.deadline = self.ctx.now + self.ctx.idle_timeout_s
 
-    async def _stream(
-        self,
-        req: Request | None,
-        resp: FileResponse | StreamResponse,
-        connection: bytes,
-        head_only: bool,
-        keep_alive: bool,
-    ) -> None:
-        ok = True
-        try:
-            if isinstance(resp, FileResponse):
-                head = encode_head(
-                    resp.status, self.ctx.date_line, resp.content_type, resp.count, resp.headers,
-                    connection,
-                )  # fmt: skip
-                self._write(head)
-                if not head_only:
-                    ok = await self._stream_file(resp)
-            else:
-                chunked = req is not None and req.version == "1.1"
-                if not chunked:
-                    keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
-                    connection = CONN_CLOSE
-                head = encode_head(
-                    resp.status, self.ctx.date_line, resp.content_type, None if chunked else -1,
-                    resp.headers, connection,
-                )  # fmt: skip
-                self._write(head)
-                if not head_only:
-                    ok = await self._stream_chunks(resp, chunked)
-        except Exception:
-            log.exception("streaming a response failed")
-            ok = False
-        finally:
-            if isinstance(resp, FileResponse):
-                resp.file.close()
-            elif not head_only:
-                await _aclose(resp)
-        self.streaming = False
-        if not ok:
-            if self.transport is not None:
-                self.transport.abort()  # the promised length cannot be delivered
-            return
-        self._done(req, resp.status, keep_alive)
-        self._flush_pending()
-
-    async def _stream_file(self, resp: FileResponse) -> bool:
-        fd = resp.file.fileno()
-        offset, remaining = resp.offset, resp.count
-        executor = self.ctx.file_executor
-        while remaining > 0:
-            n = min(FILE_CHUNK, remaining)
-            data = await self.loop.run_in_executor(executor, os.pread, fd, n, offset)
-            if not data or self.transport is None or self.transport.is_closing():
-                return False  # file shrank, or the client went away
-            self._write(data)
-            offset += len(data)
-            remaining -= len(data)
-            if self.pause_reasons & _PAUSE_WRITE:
-                await self._drain()
-        return True
-
-    async def _stream_chunks(self, resp: StreamResponse, chunked: bool) -> bool:
-        async for piece in resp.chunks:
-            if self.transport is None or self.transport.is_closing():
-                return False
-            if piece:
-                self._write(chunk(piece) if chunked else piece)
-            if self.pause_reasons & _PAUSE_WRITE:
-                await self._drain()
-        if chunked:
-            self._write(LAST_CHUNK)
-        return True
-
-    # ---- output, flow control, deadlines -----------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        self.ctx.stats.bytes_out += len(data)
-        out = self.out
-        if out is not None:
-            out.append(data)
-        else:
-            assert self.transport is not None
-            self.transport.write(data)
-
-    async def _drain(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        waiter = self.loop.create_future()
-        self.drain_waiter = waiter
-        await waiter
-
-    def _wake_drain(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _pause(self, reason: int) -> None:
-        if not self.pause_reasons and self.transport is not None:
-            self.transport.pause_reading()
-        self.pause_reasons |= reason
-
-    def _resume(self, reason: int) -> None:
-        was = self.pause_reasons
-        self.pause_reasons &= ~reason
-        transport = self.transport
-        if was and not self.pause_reasons and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
     def _stop_reading(self) -> None:
         """Read no further requests on this connection."""
         self.closing = True
         self.in_head = False
-        self._pause(_PAUSE_CLOSING)
+        self._pause(PAUSE_CLOSING)
 
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         """Answer a refused request (after the responses ahead of it) and close the connection."""
         self._stop_reading()
         self.lingering = True
-        self._respond(None, error_response(status, message))
+        self._respond(None, error_response(status, message, headers=headers))
 
     def _close_when_sent(self) -> None:
         if self.transport is None or self.pending or self.streaming:
@@ -653,10 +586,20 @@ class HttpProtocol(asyncio.Protocol):
             # Lingering close: send FIN but keep reading (and discarding) for a moment, so
             # an unread request body does not turn into a RST that destroys our response.
             self.transport.write_eof()
-            self._resume(_PAUSE_CLOSING)
+            self._resume(PAUSE_CLOSING)
             self._set_deadline(_DL_LINGER, LINGER_SECONDS)
         else:
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close after the unsent bytes are written; watch them (send timeout) if any."""
+        transport = self.transport
+        assert transport is not None
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._watch_send()
+
+    # ---- deadlines and shutdown --------------------------------------------------------------
 
     def _set_deadline(self, kind: int, seconds: float) -> None:
         self.deadline_kind = kind
@@ -674,13 +617,13 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(408, "request body not received in time")
         else:
             # idle keep-alive connection, nothing received yet, or a finished lingering close
-            self.transport.close()
+            self._close()
 
     def begin_shutdown(self) -> None:
         """Finish what is in flight with ``Connection: close``, then close. Owning loop only."""
         if self.inflight == 0 and not self.pending and not self.streaming:
-            if self.transport is not None:
-                self.transport.close()
+            if self.transport is not None and not self.transport.is_closing():
+                self._close()
             return
         self._stop_reading()
 
@@ -689,10 +632,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-async def _aclose(resp: StreamResponse) -> None:
-    aclose = getattr(resp.chunks, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.exception("closing a response stream failed")
+def _log_handler_failure(req: Request, e: Exception) -> None:
+    limited_log.exception(
+        f"handler {req.method} {type(e).__name__}", "handler for %s %s failed", req.method, req.path
+    )

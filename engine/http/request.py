@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import parse_qsl
 
-if TYPE_CHECKING:
-    from engine.http.protocol import HttpProtocol
+
+class ClientConnection(Protocol):
+    """What a handler may ask of the connection a request came on (``HttpProtocol``)."""
+
+    def on_client_eof(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` when the client half-closes (or now, if it already has)."""
+
+    def discard_client_eof(self, cb: Callable[[], None]) -> None:
+        """Forget a callback registered with ``on_client_eof``."""
 
 
 class Request:
@@ -36,7 +44,7 @@ class Request:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         keep_alive: bool,
-        conn: HttpProtocol | None,
+        conn: ClientConnection | None,
     ) -> None:
         self.method = method
         self.raw_path = raw_path

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine.config import Limits
+from engine.http.bounds import ProcessBounds
 from engine.http.protocol import HttpContext, HttpProtocol
 from engine.http.router import Router
 from engine.stats import ReactorStats
@@ -17,7 +18,13 @@ FIXED_DATE = b"Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
 
 
 class FakeTransport:
-    """Records what the protocol writes and how it drives flow control."""
+    """Records what the protocol writes and how it drives flow control.
+
+    The peer reads everything at once unless ``peer_reading`` is False: then written bytes stay
+    in a write buffer, and the transport calls ``pause_writing`` above the high-water mark like
+    uvloop's; ``peer_reads`` empties the buffer (``resume_writing``). ``close`` with bytes
+    buffered waits for them, as a real transport does.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -30,6 +37,9 @@ class FakeTransport:
         self.pause_calls = 0
         self.resume_calls = 0
         self.write_limits: tuple[int | None, int | None] | None = None
+        self.peer_reading = True
+        self.buffered = 0
+        self.writing_paused = False
 
     @property
     def data(self) -> bytes:
@@ -39,6 +49,26 @@ class FakeTransport:
         assert not self.closed, "write after close"
         assert not self.eof_written, "write after write_eof"
         self.writes.append(bytes(data))
+        if not self.peer_reading:
+            self.buffered += len(data)
+            high = (self.write_limits or (None, None))[0] or 65536
+            if self.buffered > high and not self.writing_paused and self.protocol is not None:
+                self.writing_paused = True
+                self.protocol.pause_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def peer_reads(self, n: int | None = None) -> None:
+        """The peer reads ``n`` buffered bytes (all by default)."""
+        self.buffered = 0 if n is None else max(0, self.buffered - n)
+        low = (self.write_limits or (None, None))[1] or 0
+        if self.writing_paused and self.buffered <= low:
+            self.writing_paused = False
+            if self.protocol is not None:
+                self.protocol.resume_writing()
+        if self.closed and not self.buffered:
+            self._lose()
 
     def _lose(self) -> None:
         if self.protocol is not None:
@@ -48,11 +78,14 @@ class FakeTransport:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._lose()
+            if not self.buffered:
+                self._lose()
 
     def abort(self) -> None:
         self.aborted = True
-        self.close()
+        self.buffered = 0
+        self.closed = True
+        self._lose()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -89,9 +122,13 @@ class Connection:
         router: Router,
         executor: ThreadPoolExecutor,
         limits: Limits | None = None,
+        bounds: ProcessBounds | None = None,
     ) -> None:
+        """``bounds``: shared by several connections of a test; by default one of its own."""
         self.loop = loop
-        self.ctx = HttpContext(loop, router, limits or Limits(), ReactorStats(), executor)
+        limits = limits or Limits()
+        bounds = bounds or ProcessBounds(limits)
+        self.ctx = HttpContext(loop, router, limits, ReactorStats(), executor, bounds=bounds)
         self.ctx.date_line = FIXED_DATE
         self.transport = FakeTransport(loop)
         self.protocol = HttpProtocol(self.ctx)
