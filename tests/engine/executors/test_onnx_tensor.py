@@ -52,7 +52,8 @@ def _request(spec: ModelSpec, arrays: dict[str, Array]) -> Request:
 def _serve(ex: OnnxTensorExecutor, requests: list[dict[str, Array]]) -> list[tuple[Array, ...]]:
     """What the API and the Batcher do: validate, split into items, run all the requests'
     items as ONE batch on slot 1, reassemble each request's outputs."""
-    spans, items = [], []
+    spans: list[tuple[int, int]] = []
+    items: list[tuple[Array, ...]] = []
     for r in requests:
         arrays = check_inputs(ex.spec, _request(ex.spec, r))
         its = to_items(ex.spec, arrays)
@@ -102,7 +103,7 @@ def test_two_inputs_two_outputs_fp16_and_int64(tmp_path: Path) -> None:
     assert [(t.name, t.datatype) for t in ex.spec.inputs] == [("a", "FP16"), ("b", "INT64")]
     assert [(t.name, t.datatype) for t in ex.spec.outputs] == [("c", "FP16"), ("d", "INT64")]
     rng = np.random.default_rng(2)
-    requests = [
+    requests: list[dict[str, Array]] = [
         {
             "b": rng.integers(-1000, 1000, (n, 2), dtype=np.int64),  # order of keys is free
             "a": rng.standard_normal((n, 3)).astype(np.float16),
