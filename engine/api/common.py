@@ -1,11 +1,13 @@
-"""What every inference API shares: priority and timeout parsing, submit-and-wait, errors and
-telemetry headers."""
+"""What every inference API shares: body and header parsing, the per-request limits,
+priority and timeout parsing, submit-and-wait, errors and telemetry headers."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
 from typing import Any
+
+import msgspec
 
 from engine.http.request import Request
 from engine.http.response import Headers, Response, error_response
@@ -14,8 +16,25 @@ from engine.scheduler.queues import CANCELLED, InferRequest, Rejection
 
 INVALID_INPUT = "invalid_input"
 MAX_TIMEOUT_MS = 3_600_000
-"""Longest queue timeout a client may ask for (1 h)."""
+"""Longest queue timeout a client may ask for (1 h); the shortest is 1 ms."""
 MODEL_NOT_FOUND = "model_not_found"
+
+MAX_INPUTS = 2048
+"""Inputs (texts or token arrays; KServe rows) per request, as OpenAI's limit."""
+MAX_INPUT_CHARS = 32_768
+"""Characters per text input: about 8k tokens, far past the builtin model's 256-token window
+(the rest is truncated), but every character is still tokenised."""
+MAX_INPUT_TOKENS = 8192
+"""Token ids per token-array input (OpenAI's per-input limit)."""
+TOKEN_CHARS = 4
+"""What one token id counts for in the request budget (an English token is ~4-5 characters)."""
+MAX_REQUEST_CHARS = 65_536
+"""Characters in all the texts of one request (token ids count TOKEN_CHARS each). Builtin
+MiniLM (int8, 1 thread) costs ~60 µs per character of ~300-word inputs (issue 7: 2048 of them
+ran 193 s; bench/minilm_cost.py measures it), so one maximal request costs about 4 s of one
+core instead of minutes. See docs/api.md "Limits"."""
+_MAX_DIGITS = 18
+"""Longest numeric header value read (below 2**63): ``int()`` of 4,301+ digits raises."""
 
 
 class ApiError(Exception):
@@ -51,14 +70,59 @@ def api_error_response(e: ApiError | Rejection) -> Response:
     return error(e.status, e.reason, e.message, getattr(e, "retry_after", None))
 
 
+def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes | memoryview, what: str) -> Any:
+    """``body`` decoded by ``decoder``; every malformed body is an ApiError 400.
+
+    msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings and RecursionError past
+    the interpreter's depth limit (~1,000 levels), not only DecodeError.
+    """
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise invalid(f"invalid {what}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise invalid(f"invalid {what}: not valid UTF-8 at byte {e.start}") from None
+    except RecursionError:
+        raise invalid(f"invalid {what}: JSON nested too deeply") from None
+
+
+def digits(raw: bytes, name: str) -> int:
+    """A header value of ASCII digits only (no sign, space, underscore or other numerals)."""
+    if not raw.isdigit():  # bytes.isdigit(): b"0"-b"9" only
+        raise invalid(f"header {name} must be ASCII digits 0-9, got {raw[:40]!r}")
+    if len(raw.lstrip(b"0")) > _MAX_DIGITS:
+        raise invalid(f"header {name} is out of range")
+    return int(raw)
+
+
 def _int_header(req: Request, name: bytes) -> int | None:
     raw = req.header(name)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise invalid(f"header {name.decode()} must be an integer") from None
+    return None if raw is None else digits(raw, name.decode().title())  # X-Request-Timeout-Ms
+
+
+def check_texts(texts: list[str] | list[Any], what: str = "input") -> None:
+    """The per-request limits on texts and token arrays (see MAX_REQUEST_CHARS).
+
+    ``texts`` holds strings or lists of token ids, already checked for type and emptiness.
+    """
+    if len(texts) > MAX_INPUTS:
+        raise invalid(f"at most {MAX_INPUTS} inputs per request, got {len(texts)}")
+    total = 0
+    for i, x in enumerate(texts):
+        n = len(x)
+        if isinstance(x, str):
+            if n > MAX_INPUT_CHARS:
+                raise invalid(f"{what}[{i}] is longer than {MAX_INPUT_CHARS} characters ({n})")
+        else:
+            if n > MAX_INPUT_TOKENS:
+                raise invalid(f"{what}[{i}] has more than {MAX_INPUT_TOKENS} token ids ({n})")
+            n *= TOKEN_CHARS
+        total += n
+    if total > MAX_REQUEST_CHARS:
+        raise invalid(
+            f"the request carries {total} characters of {what} (token ids count {TOKEN_CHARS} "
+            f"each); at most {MAX_REQUEST_CHARS} per request: split it into several requests"
+        )
 
 
 def priority_and_timeout(
@@ -86,7 +150,7 @@ def priority_and_timeout(
         timeout_ms = body_timeout_ms
     if timeout_ms is None:
         return level, None
-    if not 0 < timeout_ms <= MAX_TIMEOUT_MS:  # also refuses NaN
+    if not 1 <= timeout_ms <= MAX_TIMEOUT_MS:  # also refuses NaN
         raise invalid(f"request timeout must be between 1 and {MAX_TIMEOUT_MS} milliseconds")
     if not prios.level(level).allow_override:
         raise invalid(f"priority {level} does not allow a client timeout")

@@ -18,16 +18,19 @@ import msgspec
 import numpy as np
 
 from engine.api.common import (
+    MAX_INPUTS,
     MAX_TIMEOUT_MS,
     MODEL_NOT_FOUND,
     ApiError,
+    check_texts,
+    decode_json,
+    digits,
     drop_headers,
     infer,
     invalid,
     priority_and_timeout,
     telemetry,
 )
-from engine.api.openai import MAX_INPUT_CHARS, MAX_INPUTS
 from engine.http.request import Request
 from engine.http.response import CONTENT_TYPE_JSON, Headers, Response, json_response
 from engine.http.router import Router
@@ -43,10 +46,15 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }  # fmt: skip
 MAX_ELEMENTS = 16 * 1024 * 1024
+MAX_DIMS = 16
+"""Dimensions per tensor. NumPy stops at 64 (a ValueError); the models here take 1-4, and 16
+leaves room for any real tensor while keeping the shape checks trivially cheap."""
 MAX_BATCH = MAX_INPUTS
 """Rows (items) per request, as for /v1/embeddings: a request is split into batches and its
 remainder cannot be expired once it started, so one request must not be unbounded."""
+MAX_TIMEOUT_US = MAX_TIMEOUT_MS * 1000
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
 
 
 def kserve_error(
@@ -63,16 +71,10 @@ def _split_body(req: Request) -> tuple[Any, memoryview, int]:
     if raw_len is None:
         header_len = len(body)
     else:
-        try:
-            header_len = int(raw_len)
-        except ValueError:
-            raise invalid("Inference-Header-Content-Length must be an integer") from None
+        header_len = digits(raw_len, "Inference-Header-Content-Length")
         if not 0 < header_len <= len(body):
             raise invalid("Inference-Header-Content-Length is outside the body")
-    try:
-        header = msgspec.json.decode(body[:header_len])
-    except msgspec.DecodeError as e:
-        raise invalid(f"invalid inference request JSON: {e}") from None
+    header = decode_json(_decoder, memoryview(body)[:header_len], "inference request JSON")
     if not isinstance(header, dict):
         raise invalid("the inference request must be a JSON object")
     return header, memoryview(body), header_len
@@ -80,12 +82,10 @@ def _split_body(req: Request) -> tuple[Any, memoryview, int]:
 
 def _shape(spec: dict[str, Any], name: str) -> list[int]:
     shape = spec.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
-        raise invalid(f"input {name}: shape must be a non-empty list of non-negative integers")
+    if not isinstance(shape, list) or not 0 < len(shape) <= MAX_DIMS:
+        raise invalid(f"input {name}: shape must be a list of 1 to {MAX_DIMS} dimensions")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise invalid(f"input {name}: shape must hold non-negative integers")
     if math.prod(shape) > MAX_ELEMENTS:  # exact (np.prod would wrap around in int64)
         raise invalid(f"input {name}: more than {MAX_ELEMENTS} elements")
     if shape[0] > MAX_BATCH:
@@ -119,6 +119,8 @@ def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, An
     datatype = str(spec.get("datatype"))
     shape = _shape(spec, name)
     count = math.prod(shape)
+    if datatype == "BYTES" and count > MAX_INPUTS:  # before any per-element work
+        raise invalid(f"input {name}: at most {MAX_INPUTS} BYTES elements per request")
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -137,21 +139,66 @@ def decode_input(spec: Any, body: memoryview, offset: int) -> tuple[str, str, An
     data = spec.get("data")
     if data is None:
         raise invalid(f"input {name}: no data and no binary_data_size")
+    if not isinstance(data, list):
+        raise invalid(f"input {name}: data must be a JSON array")
     if datatype == "BYTES":
-        flat = np.asarray(data, dtype=object).reshape(-1)
+        try:
+            flat = np.asarray(data, dtype=object).reshape(-1)
+        except ValueError:  # nested past NumPy's 64 dimensions
+            flat = np.asarray([None])
         if flat.size != count or not all(isinstance(x, str) for x in flat):
             raise invalid(f"input {name}: BYTES data must be {count} strings")
         return name, datatype, [x.encode() for x in flat], offset
     dtype = DTYPES.get(datatype)
     if dtype is None:
         raise invalid(f"input {name}: unsupported datatype {datatype!r}")
+    return name, datatype, json_tensor(data, dtype, count, name, datatype).reshape(shape), offset
+
+
+def json_tensor(
+    data: list[Any], dtype: np.dtype[Any], count: int, name: str, datatype: str
+) -> np.ndarray[Any, Any]:
+    """JSON ``data`` (flat or nested, row-major) as ``dtype``; a value that does not fit is a 400.
+
+    NumPy infers the JSON values' own type first (int64, float64, bool, or str/object for
+    anything else), so the checks are whole-array operations: booleans are not numbers,
+    integer types take integral values within their range (2.0 fits INT32, 1.5 does not), float
+    types take values that stay finite (1e300 does not fit FP32).
+    """
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise invalid(f"input {name}: data is not {datatype}: {e}") from None
-    if arr.size != count:
-        raise invalid(f"input {name}: {arr.size} values for shape {shape}")
-    return name, datatype, arr.reshape(shape), offset
+        raw = np.asarray(data)
+    except (TypeError, ValueError):  # ragged, or nested past NumPy's 64 dimensions
+        raise invalid(f"input {name}: data is not a regular array of {datatype}") from None
+    if raw.size != count:
+        raise invalid(f"input {name}: {raw.size} values for {count} elements of the shape")
+    kind, want = raw.dtype.kind, dtype.kind
+    if count == 0:
+        return np.empty(0, dtype)
+    if want == "b":
+        if kind != "b":
+            raise invalid(f"input {name}: BOOL data must be true or false")
+        return raw
+    if kind not in "iuf":
+        raise invalid(f"input {name}: {datatype} data must be numbers (not strings or booleans)")
+    if want == "f":
+        with np.errstate(over="ignore"):
+            arr = raw.astype(dtype)
+        if not np.isfinite(arr).all():  # JSON carries no inf or NaN: this is overflow
+            limit = float(np.finfo(dtype).max)
+            raise invalid(f"input {name}: a value does not fit {datatype} (|x| <= {limit:.4g})")
+        return arr
+    info = np.iinfo(dtype)
+    outside = f"input {name}: a value is outside {datatype}'s {info.min}..{info.max}"
+    if kind == "f":  # a float in the JSON, or ints past int64 that NumPy turned into floats
+        if not (np.trunc(raw) == raw).all():
+            raise invalid(f"input {name}: {datatype} data must be integers")
+        try:  # from the JSON values themselves: exact past 2**53, and range-checked
+            return np.asarray(data, dtype=dtype)
+        except OverflowError:
+            raise invalid(outside) from None
+    if not info.min <= int(raw.min()) <= int(raw.max()) <= info.max:
+        raise invalid(outside)
+    return raw.astype(dtype)
 
 
 def _wants_binary(header: dict[str, Any], output: str) -> bool:
@@ -260,16 +307,12 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
         embeddings = b.config.task == "embeddings"
         # decided (and "outputs" validated) before any work is queued
         binary = _wants_binary(header, "EMBEDDING" if embeddings else "OUTPUT0")
+        req_id = header.get("id")
+        if req_id is not None and not isinstance(req_id, str):
+            raise invalid("id must be a string")
         prio = params.get("priority")
-        prio = None if prio == 0 else prio  # Triton: 0 = the model's default
-        timeout_us = params.get("timeout")
-        timeout_ms = None
-        if timeout_us:  # Triton: microseconds, 0 = none
-            limit_us = MAX_TIMEOUT_MS * 1000
-            if not isinstance(timeout_us, int | float) or not 0 < timeout_us <= limit_us:
-                raise invalid(f"parameters.timeout must be 1..{limit_us} microseconds")
-            timeout_ms = timeout_us / 1000
-        level, timeout = priority_and_timeout(req, b, prio, timeout_ms)
+        prio = None if type(prio) is int and prio == 0 else prio  # Triton: 0 = model default
+        level, timeout = priority_and_timeout(req, b, prio, _timeout_ms(params.get("timeout")))
         if embeddings:
             if name != "TEXT" or datatype != "BYTES":
                 raise invalid("embeddings models take input TEXT of datatype BYTES")
@@ -279,8 +322,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid("TEXT elements must be UTF-8") from None
             if not texts or not all(texts):
                 raise invalid("TEXT must hold non-empty strings")
-            if max(map(len, texts)) > MAX_INPUT_CHARS:
-                raise invalid(f"TEXT elements are limited to {MAX_INPUT_CHARS} characters")
+            check_texts(texts, "TEXT")
             done = await infer(req, b, texts, ("kserve-text",), level, timeout)
             arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
             out_name, out_type = "EMBEDDING", "FP32"
@@ -294,7 +336,7 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
             arr = np.stack(done.outputs).astype(DTYPES[datatype])
             out_name, out_type = "OUTPUT0", datatype
         return encode_output(
-            b.name, out_name, arr, out_type, binary, telemetry(done), header.get("id"),
+            b.name, out_name, arr, out_type, binary, telemetry(done), req_id,
         )  # fmt: skip
 
     router.add(["GET"], "/v2/health/live", live)
@@ -302,6 +344,20 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
     router.add(["GET"], "/v2", server_meta)
     router.add(["GET"], "/v2/models/", model_get, prefix=True)
     router.add(["POST"], "/v2/models/", model_post, prefix=True)
+
+
+def _timeout_ms(timeout_us: Any) -> float | None:
+    """Triton's ``parameters.timeout`` (microseconds, 0 = none) in milliseconds, validated."""
+    if timeout_us is None:
+        return None
+    limits = f"parameters.timeout must be 1000..{MAX_TIMEOUT_US} microseconds (0: none)"
+    if not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool):
+        raise invalid(f"{limits}, got {type(timeout_us).__name__}")
+    if timeout_us == 0:
+        return None
+    if not 1000 <= timeout_us <= MAX_TIMEOUT_US:
+        raise invalid(f"{limits}, got {timeout_us}")
+    return timeout_us / 1000
 
 
 def _strip_version(rest: str) -> str:

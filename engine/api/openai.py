@@ -9,9 +9,12 @@ import msgspec
 import numpy as np
 
 from engine.api.common import (
+    MAX_INPUTS,
     MODEL_NOT_FOUND,
     ApiError,
     api_error_response,
+    check_texts,
+    decode_json,
     infer,
     invalid,
     priority_and_timeout,
@@ -23,13 +26,8 @@ from engine.http.router import Router
 from engine.models.registry import ModelRegistry
 from engine.scheduler.queues import Rejection
 
-MAX_INPUTS = 2048
-"""Inputs per request (OpenAI's limit)."""
-MAX_INPUT_CHARS = 100_000
-"""Characters per string input (tokens beyond the model's limit are truncated)."""
 MAX_TOKEN_ID = 2**31 - 1
 
-_json = msgspec.json.Decoder()
 _EMBED_KEY = ("embeddings",)
 
 
@@ -41,6 +39,9 @@ class EmbeddingsBody(msgspec.Struct, kw_only=True):
     user: str | None = None
     priority: Any = None
     timeout: Any = None
+
+
+_body = msgspec.json.Decoder(EmbeddingsBody)
 
 
 def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
@@ -57,28 +58,24 @@ def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
         raise invalid("input must not be empty")
     if len(items) > MAX_INPUTS:
         raise invalid(f"at most {MAX_INPUTS} inputs per request, got {len(items)}")
-    limit = vocab_size if vocab_size is not None else MAX_TOKEN_ID
     for i, x in enumerate(items):
         if isinstance(x, str):
             if not x:
                 raise invalid(f"input[{i}] is an empty string")
-            if len(x) > MAX_INPUT_CHARS:
-                raise invalid(f"input[{i}] is longer than {MAX_INPUT_CHARS} characters")
-        elif isinstance(x, list) and x and all(type(t) is int for t in x):
-            if not all(0 <= t < limit for t in x):
-                raise invalid(f"input[{i}] has token ids outside 0..{limit - 1}")
-        else:
+        elif not isinstance(x, list) or not x:
             raise invalid(f"input[{i}] must be a non-empty string or a non-empty token array")
+    check_texts(items)  # sizes first: the token checks below then walk a bounded amount
+    limit = vocab_size if vocab_size is not None else MAX_TOKEN_ID
+    for i, x in enumerate(items):
+        if isinstance(x, list) and not all(type(t) is int and 0 <= t < limit for t in x):
+            raise invalid(f"input[{i}] must hold token ids in 0..{limit - 1} (integers)")
     return items
 
 
 def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
     async def embeddings(req: Request) -> Response:
         try:
-            try:
-                body = msgspec.json.decode(req.body, type=EmbeddingsBody)
-            except msgspec.DecodeError as e:
-                raise invalid(f"invalid request body: {e}") from None
+            body: EmbeddingsBody = decode_json(_body, req.body, "request body")
             batcher = registry.get(body.model)
             if batcher is None:
                 raise ApiError(404, MODEL_NOT_FOUND, f"The model '{body.model}' does not exist")

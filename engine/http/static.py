@@ -100,17 +100,27 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
     if not first:
         if not last:
             return None
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             raise StaticError(416, "range not satisfiable")
         return max(0, size - n), size - 1
-    start = int(first)
+    start = _position(first)
     if start >= size:
         raise StaticError(416, "range not satisfiable")
-    end = int(last) if last else size - 1
+    end = _position(last) if last else size - 1
     if end < start:
         return None
     return start, min(end, size - 1)
+
+
+def _position(digits: bytes) -> int:
+    """A byte position of ASCII digits; any past 18 significant digits is beyond every file.
+
+    ``int()`` refuses more than 4,300 digits (ValueError), and RFC 9110 §14.1.2 asks a server to
+    accept positions of any length (an end past the file means "to the end").
+    """
+    significant = digits.lstrip(b"0")
+    return int(significant or b"0") if len(significant) <= 18 else 1 << 62
 
 
 class StaticFiles:
@@ -143,10 +153,7 @@ class StaticFiles:
             raise StaticError(403, f"cannot read file: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             if not req.path.endswith("/"):
-                location = req.raw_path + b"/"
-                if req.query:
-                    location += b"?" + req.query
-                return Response(b"", 301, b"", [(b"Location", location)])
+                return Response(b"", 301, b"", [(b"Location", _slash_redirect(req))])
             path = os.path.join(path, "index.html")
             try:
                 st = os.stat(path)
@@ -236,3 +243,15 @@ class StaticFiles:
                 return False
             return meta.mtime <= since
         return False
+
+
+def _slash_redirect(req: Request) -> bytes:
+    """``Location`` for a folder asked without its trailing slash: ``./name/``, relative.
+
+    Never built from the whole request path: ``GET //evil.example.com`` would become the
+    scheme-relative ``//evil.example.com/``, another host (an open redirect). ``./`` plus the
+    last segment resolves against the request URL to the same path plus ``/`` (RFC 3986 §5.2),
+    cannot name a host, and ``./`` keeps a segment like ``a:b`` from reading as a scheme.
+    """
+    location = b"./" + req.raw_path.rpartition(b"/")[2] + b"/"
+    return location + b"?" + req.query if req.query else location

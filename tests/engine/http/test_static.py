@@ -142,6 +142,27 @@ def test_parse_range_unsatisfiable_is_416(value: bytes, size: int) -> None:
     assert info.value.status == 416
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"bytes=0-" + b"9" * 5000, (0, 99)),  # an end past the file: to the end
+        (b"bytes=-" + b"9" * 5000, (0, 99)),  # a suffix longer than the file: all of it
+        (b"bytes=" + b"0" * 5000 + b"7-" + b"0" * 4999 + b"9", (7, 9)),  # leading zeros
+    ],
+)
+def test_positions_of_thousands_of_digits_are_read_as_numbers(
+    value: bytes, expected: tuple[int, int]
+) -> None:
+    # int() raises ValueError past 4,300 digits: this was a 500 (issue 7.5)
+    assert parse_range(value, 100) == expected
+
+
+def test_start_of_thousands_of_digits_is_past_the_end() -> None:
+    with pytest.raises(StaticError) as info:
+        parse_range(b"bytes=" + b"9" * 5000 + b"-", 100)
+    assert info.value.status == 416
+
+
 def test_suffix_range_of_empty_file_is_416() -> None:
     with pytest.raises(StaticError):
         parse_range(b"bytes=-5", 0)
