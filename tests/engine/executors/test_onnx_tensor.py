@@ -45,7 +45,7 @@ def _direct(ex: OnnxTensorExecutor, feeds: dict[str, Array]) -> list[Array]:
     return list(ort.InferenceSession(ex.model_path).run(None, feeds))
 
 
-def _request(spec: ModelSpec, arrays: dict[str, Array]) -> Request:
+def _request(arrays: dict[str, Array]) -> Request:
     return {k: (from_numpy(v.dtype), v) for k, v in arrays.items()}
 
 
@@ -55,7 +55,7 @@ def _serve(ex: OnnxTensorExecutor, requests: list[dict[str, Array]]) -> list[tup
     spans: list[tuple[int, int]] = []
     items: list[tuple[Array, ...]] = []
     for r in requests:
-        arrays = check_inputs(ex.spec, _request(ex.spec, r))
+        arrays = check_inputs(ex.spec, _request(r))
         its = to_items(ex.spec, arrays)
         spans.append((len(items), len(items) + len(its)))
         items.extend(its)
@@ -126,7 +126,7 @@ def test_fixed_first_dimension_is_served_unbatched(tmp_path: Path) -> None:
     assert ex.spec.inputs == (TensorSpec("x", "FP32", (4, 3)),)
     rng = np.random.default_rng(3)
     requests = [{"x": rng.standard_normal((4, 3)).astype(np.float32)} for _ in range(2)]
-    assert len(to_items(ex.spec, check_inputs(ex.spec, _request(ex.spec, requests[0])))) == 1
+    assert len(to_items(ex.spec, check_inputs(ex.spec, _request(requests[0])))) == 1
     for r, out in zip(requests, _serve(ex, requests), strict=True):  # two items in one call
         _assert_same(out, _direct(ex, r))
     with pytest.raises(ShapeError, match=r"input x: expected shape \[4, 3\], got \[2, 3\]"):
@@ -140,7 +140,7 @@ def test_dynamic_sequence_dimension_batches_by_key(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     short = [{"x": rng.standard_normal((n, 5, 4)).astype(np.float32)} for n in (1, 2)]
     long = {"x": rng.standard_normal((2, 7, 4)).astype(np.float32)}
-    keys = {batch_key(ex.spec, check_inputs(ex.spec, _request(ex.spec, r))) for r in [*short, long]}
+    keys = {batch_key(ex.spec, check_inputs(ex.spec, _request(r))) for r in [*short, long]}
     assert keys == {(("FP32", (5, 4)),), (("FP32", (7, 4)),)}
     for r, out in zip(short, _serve(ex, short), strict=True):
         _assert_same(out, _direct(ex, r))
