@@ -147,7 +147,9 @@ class KeyStore:
         self.keys: tuple[Key, ...] = checked.keys
         self.source = source
         """The file it came from ("" when built in code)."""
-        self._by_digest: dict[bytes, Key] = {k.digest: k for k in self.keys}
+        self._by_digest: dict[bytes, tuple[bytes, Key]] = {
+            k.digest: (k.digest, k) for k in self.keys
+        }
         self._by_name: dict[str, Key] = {k.name: k for k in self.keys}
 
     @classmethod
@@ -184,10 +186,10 @@ class KeyStore:
         # reveal a 256-bit random secret (SHA-256 is preimage resistant); a scan would cost
         # O(keys) per request. The match is then confirmed with compare_digest, so the final
         # decision never rests on a short-circuiting byte comparison (dict equality is one).
-        key = self._by_digest.get(digest)
-        if key is None or not hmac.compare_digest(digest, key.digest):
+        found = self._by_digest.get(digest)
+        if found is None or not hmac.compare_digest(digest, found[0]):
             return None
-        return key
+        return found[1]
 
     def authenticate_headers(
         self, authorization: bytes | None, x_api_key: bytes | None
