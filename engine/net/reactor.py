@@ -4,6 +4,13 @@
 round robin, to a SubReactor (``call_soon_threadsafe`` + ``connect_accepted_socket``).
 ``reuseport`` mode: every SubReactor accepts on its own SO_REUSEPORT socket and the kernel
 spreads connections; the MainReactor then only waits for the stop signal.
+
+Shutdown (``MainReactor._shutdown``): ``draining`` turns True at once and, for
+``drain_grace_ms``, everything else goes on as usual (load balancers see ``/healthz`` answer 503
+and move traffic away); then the listeners close and in-flight requests get
+``drain_timeout_ms`` to finish; at that cut-off ``on_cutoff`` answers queued work (503
+``shutting_down``), the sub-reactors get up to ``CUTOFF_WRITE_S`` to write those answers, and
+what is left is aborted.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from collections.abc import Callable, Sequence
 import uvloop
 
 from engine.config import Limits
+from engine.http.bounds import ProcessBounds
 from engine.http.protocol import HttpContext, HttpProtocol
 from engine.http.router import Router
+from engine.logutil import RateLimitedLog
 from engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.net")
@@ -30,7 +39,10 @@ ACCEPT_BURST = 64
 """Connections accepted per readiness event before returning to the loop."""
 ACCEPT_BACKOFF_S = 0.1
 """Pause of the accept loop after EMFILE/ENFILE, so a full fd table does not spin the CPU."""
+CUTOFF_WRITE_S = 1.0
+"""After ``on_cutoff``, how long the sub-reactors may take to write the answers it produced."""
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+accept_log = RateLimitedLog(log)
 
 
 def tick_interval(limits: Limits) -> float:
@@ -49,18 +61,22 @@ class SubReactor:
         limits: Limits,
         file_executor: concurrent.futures.ThreadPoolExecutor,
         access_log: bool = False,
+        bounds: ProcessBounds | None = None,
     ) -> None:
+        """``bounds``: the process-wide caps; by default the one shared by every sub-reactor
+        built with equal ``limits`` (``engine.http.bounds.process_bounds``)."""
         self.index = index
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.stats = ReactorStats()
-        self.ctx = HttpContext(self.loop, router, limits, self.stats, file_executor, access_log)
+        self.ctx = HttpContext(
+            self.loop, router, limits, self.stats, file_executor, access_log, bounds
+        )
         self._tick_s = tick_interval(limits)
         self._thread = threading.Thread(
             target=self._run, name=f"infergate-sub-{index}", daemon=True
         )
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
-        self._idle: asyncio.Event | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -79,8 +95,6 @@ class SubReactor:
     def _tick(self) -> None:
         self.ctx.update_date()
         self.ctx.sweep(self.loop.time())
-        if self._idle is not None and not self.ctx.connections:
-            self._idle.set()
         self.loop.call_later(self._tick_s, self._tick)
 
     def _factory(self) -> HttpProtocol:
@@ -114,7 +128,8 @@ class SubReactor:
     def drain(self, timeout_s: float) -> concurrent.futures.Future[int]:
         """Stop accepting, finish in-flight requests, close idle connections. Thread-safe.
 
-        The future resolves to the number of connections that had to be cut at the timeout.
+        The future resolves, when every connection has closed or after ``timeout_s``, to the
+        number still open; ``cut`` ends them.
         """
         return asyncio.run_coroutine_threadsafe(self._drain(timeout_s), self.loop)
 
@@ -123,18 +138,37 @@ class SubReactor:
         ctx.shutting_down = True
         if self._server is not None:
             self._server.close()
-        self._idle = asyncio.Event()
+        ctx.all_closed = asyncio.Event()
         for conn in list(ctx.connections):
             conn.begin_shutdown()
-        if ctx.connections:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout_s)
-            except TimeoutError:
-                pass
+        await self._wait_closed(timeout_s)
+        return len(ctx.connections)
+
+    def cut(self, write_s: float) -> concurrent.futures.Future[int]:
+        """After ``drain``: give connections up to ``write_s`` to finish writing (answers to
+        queued work produced at the cut-off), then abort the rest. Thread-safe.
+
+        The future resolves to the number of connections aborted.
+        """
+        return asyncio.run_coroutine_threadsafe(self._cut(write_s), self.loop)
+
+    async def _cut(self, write_s: float) -> int:
+        ctx = self.ctx
+        if write_s > 0:
+            await self._wait_closed(write_s)
         cut = len(ctx.connections)
         for conn in list(ctx.connections):
             conn.abort()
         return cut
+
+    async def _wait_closed(self, timeout_s: float) -> None:
+        ctx = self.ctx
+        if not ctx.connections or ctx.all_closed is None:
+            return
+        try:
+            await asyncio.wait_for(ctx.all_closed.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     def stop(self) -> None:
         """Stop the loop and join the thread. Thread-safe."""
@@ -152,18 +186,31 @@ class MainReactor:
         listeners: Sequence[socket.socket],
         mode: str,
         drain_timeout_s: float,
+        drain_grace_s: float | None = None,
     ) -> None:
+        """``drain_grace_s``: None takes ``drain_grace_ms`` from the sub-reactors' limits."""
         self.subs = subs
         self.listeners = listeners
         self.mode = mode
         self.drain_timeout_s = drain_timeout_s
+        if drain_grace_s is None:
+            drain_grace_s = subs[0].ctx.limits.drain_grace_ms / 1000 if subs else 0.0
+        self.drain_grace_s = drain_grace_s
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self._stop: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
         self._next = 0
         self._accept_paused = False
         self._started = threading.Event()
         self.on_sighup: Callable[[], None] | None = None
         """Called on the main reactor's loop for SIGHUP (config reload), if set."""
+        self.draining = False
+        """True from the moment shutdown begins (before the grace period): ``/healthz`` reads
+        it to answer 503. Written by the main reactor's loop only; read from any thread."""
+        self.on_cutoff: Callable[[], None] | None = None
+        """Called on the main reactor's loop at the drain cut-off, before connections are
+        aborted, to answer queued work (503 ``shutting_down``); it must not block. The answers
+        it produces get up to ``CUTOFF_WRITE_S`` to be written."""
 
     def run(self, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
         """Serve until ``request_stop`` or SIGTERM/SIGINT; returns connections cut at drain."""
@@ -175,9 +222,10 @@ class MainReactor:
 
     async def _main(self, install_signals: bool, on_ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.loop.add_signal_handler(sig, self._stop.set)
+                self.loop.add_signal_handler(sig, self._on_stop)
             if self.on_sighup is not None:
                 self.loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         if self.mode == "handoff":
@@ -186,15 +234,7 @@ class MainReactor:
         if on_ready is not None:
             on_ready()
         await self._stop.wait()
-        log.info(
-            "shutting down: no new connections, draining for up to %.1fs", self.drain_timeout_s
-        )
-        if self.mode == "handoff" and not self._accept_paused:
-            self.loop.remove_reader(self.listeners[0].fileno())
-        for sock in self.listeners:
-            sock.close()
-        drains = [asyncio.wrap_future(s.drain(self.drain_timeout_s)) for s in self.subs]
-        cut = sum(await asyncio.gather(*drains))
+        cut = await self._shutdown()
         for sub in self.subs:
             sub.stop()
         if install_signals:
@@ -203,12 +243,53 @@ class MainReactor:
         log.info("stopped (%d connection(s) cut at the drain timeout)", cut)
         return cut
 
+    async def _shutdown(self) -> int:
+        """Grace, listeners closed, drain, cut-off; returns the connections aborted."""
+        self.draining = True
+        assert self._hurry is not None
+        if self.drain_grace_s > 0:
+            log.info(
+                "draining: still serving for %.1fs while /healthz answers 503 (stop again to skip)",
+                self.drain_grace_s,
+            )
+            try:
+                await asyncio.wait_for(self._hurry.wait(), self.drain_grace_s)
+            except TimeoutError:
+                pass
+        log.info(
+            "shutting down: no new connections, draining for up to %.1fs", self.drain_timeout_s
+        )
+        if self.mode == "handoff" and not self._accept_paused:
+            self.loop.remove_reader(self.listeners[0].fileno())
+        for sock in self.listeners:
+            sock.close()
+        drains = [asyncio.wrap_future(s.drain(self.drain_timeout_s)) for s in self.subs]
+        left = sum(await asyncio.gather(*drains))
+        write_s = 0.0
+        if left and self.on_cutoff is not None:
+            log.info("drain timeout: answering queued work, then cutting %d connection(s)", left)
+            try:
+                self.on_cutoff()
+                write_s = CUTOFF_WRITE_S
+            except Exception:
+                log.exception("the drain cut-off callback failed")
+        cuts = [asyncio.wrap_future(s.cut(write_s)) for s in self.subs]
+        return sum(await asyncio.gather(*cuts))
+
+    def _on_stop(self) -> None:
+        """First stop request: begin shutdown; a second one during the grace skips the rest."""
+        assert self._stop is not None
+        assert self._hurry is not None
+        if self._stop.is_set():
+            self._hurry.set()
+        else:
+            self._stop.set()
+
     def request_stop(self) -> None:
-        """Begin graceful shutdown. Thread-safe."""
+        """Begin graceful shutdown (a second call skips what is left of the grace).
+        Thread-safe."""
         self._started.wait()
-        stop = self._stop
-        assert stop is not None
-        self.loop.call_soon_threadsafe(stop.set)
+        self.loop.call_soon_threadsafe(self._on_stop)
 
     def _on_acceptable(self) -> None:
         listener = self.listeners[0]
@@ -222,7 +303,13 @@ class MainReactor:
                 break
             except OSError as e:
                 if e.errno in _RESOURCE_ERRNOS:
-                    log.warning("accept paused for %.1fs: %s", ACCEPT_BACKOFF_S, e.strerror)
+                    accept_log.warning(
+                        "accept",
+                        "accept paused for %.1fs: %s (descriptor limit reached? see "
+                        "limits.max_connections)",
+                        ACCEPT_BACKOFF_S,
+                        e.strerror,
+                    )
                     self.loop.remove_reader(listener.fileno())
                     self._accept_paused = True
                     self.loop.call_later(ACCEPT_BACKOFF_S, self._resume_accept)
@@ -246,8 +333,16 @@ class MainReactor:
 
 
 def open_listeners(host: str, port: int, count: int, reuseport: bool) -> list[socket.socket]:
-    """Bind the listening socket(s). With ``reuseport``, ``count`` sockets share one port."""
+    """Bind the listening socket(s). With ``reuseport``, ``count`` sockets share one port.
+
+    Raises:
+        OSError: EADDRINUSE with ``address already in use: HOST:PORT`` as its message when
+            another socket listens there, in either mode (SO_REUSEPORT alone would let a
+            second instance join the first one's port, and requests land on either at random).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuseport and port != 0:
+        _check_port_free(family, host, port)
     socks: list[socket.socket] = []
     try:
         for _ in range(count if reuseport else 1):
@@ -256,7 +351,7 @@ def open_listeners(host: str, port: int, count: int, reuseport: bool) -> list[so
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
+            _bind(sock, host, port)
             port = sock.getsockname()[1]  # later sockets join the port the first one got
             sock.listen(4096)
             sock.setblocking(False)
@@ -265,3 +360,20 @@ def open_listeners(host: str, port: int, count: int, reuseport: bool) -> list[so
             s.close()
         raise
     return socks
+
+
+def _bind(sock: socket.socket, host: str, port: int) -> None:
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"address already in use: {host}:{port}") from e
+        raise
+
+
+def _check_port_free(family: socket.AddressFamily, host: str, port: int) -> None:
+    """Bind a probe without SO_REUSEPORT: it fails if anything listens on the port (with or
+    without SO_REUSEPORT); SO_REUSEADDR lets it pass over connections in TIME_WAIT."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _bind(probe, host, port)
