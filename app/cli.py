@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{loaded.static_root or 'off'}; models: {models or 'none'}; admin: {admin})"
     )
     if tui:
-        return _run_dashboard(server, status)
+        return _run_dashboard(server, status, args.config, overrides)
 
     def ready() -> None:
         print(status, flush=True)
@@ -109,26 +109,53 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if cut == 0 else 3
 
 
-def _run_dashboard(server: Server, status: str) -> int:
+def _run_dashboard(server: Server, status: str, path: str | None, overrides: dict[str, Any]) -> int:
     """Textual owns the main thread (its driver installs the signal handlers); the reactors
-    run in a background thread without signal handlers; Ctrl+C / q quit through the app."""
+    run in a background thread without signal handlers; Ctrl+C / q quit through the app.
+
+    Losing the terminal drains and exits, like SIGTERM in headless mode: nobody can see or
+    drive the dashboard any more, and its log lines would go nowhere (``tui.terminal``). A
+    SIGHUP while the terminal is still there reloads the config, as in headless mode.
+    """
     from tui.app import Dashboard, RingLogHandler  # noqa: PLC0415 - only in TUI mode
+    from tui.terminal import TerminalWatch, dashboard_driver  # noqa: PLC0415
 
     ring = RingLogHandler()
     logging.getLogger().handlers[:] = [ring]
     log.info(status)
+
+    stopping = threading.Lock()
+
+    def stop() -> None:
+        """Once: a second ``Server.stop`` would cut the drain grace short, and one after
+        the reactor has finished would find its loop closed."""
+        if stopping.acquire(blocking=False):
+            server.stop()
+
+    def terminal_lost(why: str) -> None:  # on the watch's thread
+        log.warning("%s: draining, then exiting", why)
+        stop()
+        app.exit()
+
+    watch = TerminalWatch(terminal_lost, lambda: reload_batching(server, path, overrides))
+    app = Dashboard(
+        ServerView(server), logs=ring, on_exit=stop, driver_class=dashboard_driver(watch)
+    )
     result: list[int] = []
     thread = threading.Thread(
         target=lambda: result.append(server.run(install_signals=False)),
         name="infergate-main-reactor",
     )
+    watch.start()
     thread.start()
     try:
-        Dashboard(ServerView(server), logs=ring, on_exit=server.stop).run()
+        app.run()
     finally:
-        server.stop()
+        stop()
         thread.join()
-    print(status.replace("listening on", "served"), file=sys.stderr)
+        watch.stop()
+    if not watch.lost:
+        print(status.replace("listening on", "served"), file=sys.stderr)
     return 0 if result and result[0] == 0 else 3
 
 

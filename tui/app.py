@@ -16,6 +16,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.driver import Driver
 from textual.screen import ModalScreen
 from textual.widgets import (
     Button,
@@ -175,8 +176,9 @@ class Dashboard(App[None]):
         logs: RingLogHandler | None = None,
         on_exit: Callable[[], None] | None = None,
         clock: bool = True,
+        driver_class: type[Driver] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(driver_class=driver_class)
         self.clock = clock
         self.engine = engine
         self.refresh_s = refresh_s
