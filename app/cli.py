@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Any
 
+from app import keys_cli
 from app.config import ConfigError, load_config
 from app.runtime import JsonFormatter, ServerView, reload_batching
 from engine import __version__
@@ -53,6 +54,9 @@ def _setup_logging(json_lines: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "keys":  # infergate keys add|list|remove
+        return keys_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.listen is not None:

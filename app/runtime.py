@@ -88,9 +88,9 @@ def reload_batching(server: Server, path: str | None, overrides: dict[str, Any])
     changed = 0
     for name, b, batching, default in plan:
         if batching != b.batching:
-            server.control.update_batching(name, msgspec.to_builtins(batching))
+            server.control.update_batching(name, msgspec.to_builtins(batching), actor="sighup")
             changed += 1
         if default != b.config.priorities.default:
-            server.control.set_default_priority(name, default)
+            server.control.set_default_priority(name, default, actor="sighup")
             changed += 1
     log.info("SIGHUP: reloaded %s: %d change(s) applied", path, changed)

@@ -36,6 +36,8 @@ from tui.view import ModelRow, fmt_ms, http_row, rows
 
 POLICIES = ("off", "window", "adaptive")
 HISTORY = 60
+ACTOR = "dashboard"
+"""Who the audit log names for changes made here."""
 
 
 class EngineView(Protocol):
@@ -142,9 +144,9 @@ class EditScreen(ModalScreen[str | None]):
             return
         default = changes.pop("default_priority")
         try:
-            self.control.update_batching(self.row.name, changes)
+            self.control.update_batching(self.row.name, changes, actor=ACTOR)
             if default != self.row.default_priority:
-                self.control.set_default_priority(self.row.name, default)
+                self.control.set_default_priority(self.row.name, default, actor=ACTOR)
         except ControlError as e:
             error.update(f"[red]{e.message}[/red]")
             return
@@ -298,7 +300,7 @@ class Dashboard(App[None]):
         if r is None:
             return
         try:
-            cfg = self.engine.control.update_batching(r.name, changes)
+            cfg = self.engine.control.update_batching(r.name, changes, actor=ACTOR)
         except ControlError as e:
             self.notify(e.message, title="not applied", severity="error")
             return
@@ -329,7 +331,9 @@ class Dashboard(App[None]):
             return
         levels = next(m.levels for m in self.engine.snapshot().models if m.name == r.name)
         try:
-            self.engine.control.set_default_priority(r.name, r.default_priority % levels + 1)
+            self.engine.control.set_default_priority(
+                r.name, r.default_priority % levels + 1, actor=ACTOR
+            )
         except ControlError as e:
             self.notify(e.message, severity="error")
             return

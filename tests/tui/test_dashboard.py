@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -62,12 +63,17 @@ async def test_screen_shows_a_models_live_numbers_after_traffic(server: Server) 
         assert "sim-a" in rendered
 
 
-async def test_keys_change_the_engines_batching(server: Server) -> None:
+async def test_keys_change_the_engines_batching(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
     batcher = server.models.get("sim-a")
     assert batcher is not None
     app = Dashboard(ServerView(server), refresh_s=60, clock=False)
     async with app.run_test(size=(160, 40)) as pilot:
-        await pilot.press("p")  # adaptive -> off
+        with caplog.at_level(logging.INFO, logger="infergate.audit"):
+            await pilot.press("p")  # adaptive -> off
+        [audit] = [r for r in caplog.records if r.name == "infergate.audit"]
+        assert audit.fields["actor"] == "dashboard"  # type: ignore[attr-defined]
         assert batcher.batching.policy == "off"
         await pilot.press("p")  # off -> window
         assert batcher.batching.policy == "window"
