@@ -10,6 +10,7 @@ from engine.executors.base import Executor, ExecutorError, batch_ceiling
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.executors.sim import SimExecutor
 from engine.executors.tensorrt import TensorRTEmbeddingExecutor
+from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from engine.scheduler.batcher import Batcher
 
@@ -42,6 +43,18 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
             cfg.instances, model, tokenizer, cfg.intra_op_threads, cfg.max_input_tokens,
             tuple(cfg.providers),
         )  # fmt: skip
+    if cfg.executor == "openai" and cfg.task == "embeddings":
+        try:
+            return OpenAIEmbeddingsExecutor(
+                cfg.name, cfg.upstreams, cfg.upstream_model, cfg.upstream
+            )
+        except ExecutorError as e:
+            raise ExecutorError(f"model {cfg.name}: {e}") from e
+    if cfg.executor in ("openai", "kserve"):
+        raise ExecutorError(
+            f"model {cfg.name}: executor {cfg.executor!r} with task {cfg.task!r} is not "
+            "supported yet (gateway mode serves embeddings through openai upstreams)"
+        )
     raise ExecutorError(f"model {cfg.name}: unknown executor {cfg.executor!r}")
 
 

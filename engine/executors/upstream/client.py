@@ -1,0 +1,260 @@
+"""The HTTP side of gateway mode: one event loop thread and one aiohttp session per model.
+
+Why a thread of its own: the Batcher calls ``Executor.run`` from its slot threads, which block
+until the batch is done. aiohttp's client wants one ``ClientSession`` (one connector, one
+keep-alive pool) per event loop, never shared across loops. So each upstream model runs one
+uvloop loop in a dedicated thread that owns the session, the pool and the health checks; a slot
+thread hands it a call with ``asyncio.run_coroutine_threadsafe`` and only blocks on the
+concurrent future. One pool per model means keep-alive connections are reused by every slot,
+and the pool's ``limit_per_host`` (``max_inflight`` + 1 for the health check) bounds the
+connections to each replica. The sub-reactors' loops never touch upstream sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import uvloop
+
+from engine.config import UpstreamConfig
+from engine.executors.upstream.errors import timeout, unavailable, upstream_error
+from engine.executors.upstream.replicas import Replica, ReplicaSet
+
+log = logging.getLogger("infergate.upstream")
+
+START_TIMEOUT_S = 10.0
+"""Bound on starting or stopping the loop thread and its session."""
+CALL_MARGIN_S = 1.0
+"""A slot thread waits this much past ``request_timeout_ms`` for aiohttp's own timeout."""
+MAX_ERROR_TEXT = 300
+"""Characters of an upstream's error body kept in our error message."""
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A response that arrived with a 2xx status."""
+
+    replica: str
+    """Base URL of the replica that answered."""
+    status: int
+    body: bytes
+    seconds: float
+    """Upstream time: from sending the request to the end of the response body."""
+
+
+class _NotSent(Exception):
+    """The connection could not be opened: nothing reached the upstream (safe to retry)."""
+
+
+class UpstreamClient:
+    """A model's loop thread, HTTP session and health checks over its ReplicaSet.
+
+    ``start``/``check_now``/``close`` are called by the thread that loads the model; ``post``
+    by the Batcher's slot threads (Thread-safe: it only schedules on the loop and waits). The
+    session and every coroutine belong to the loop thread.
+    """
+
+    def __init__(
+        self, model: str, replicas: ReplicaSet, cfg: UpstreamConfig, health_path: str
+    ) -> None:
+        self.model = model
+        self.replicas = replicas
+        self.cfg = cfg
+        self.health_path = health_path
+        self._request_s = cfg.request_timeout_ms / 1000
+        self._health_s = cfg.health_timeout_ms / 1000
+        # owned by the loop thread once started
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle (the loading thread) ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and open the session."""
+        loop = uvloop.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name=f"upstream-{self.model}", daemon=True
+        )
+        self._thread.start()
+        self._submit(self._open()).result(START_TIMEOUT_S)
+
+    def check_now(self) -> None:
+        """Run one round of health checks and wait for it (bounded by the check timeout)."""
+        self._submit(self._check_all()).result(self._health_s + START_TIMEOUT_S)
+
+    def start_health_checks(self) -> None:
+        """Check every replica each ``health_interval_ms`` until ``close``."""
+        self._submit(self._start_health_loop()).result(START_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Stop the health checks, close the session and the pool, stop the loop thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            self._submit(self._close()).result(START_TIMEOUT_S)
+        except Exception:
+            log.exception("model %s: closing the upstream session failed", self.model)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(START_TIMEOUT_S)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+
+    # ---- calls (slot threads) ----------------------------------------------------------------
+
+    def post(self, path: str, body: bytes) -> UpstreamReply:
+        """POST ``body`` (JSON) to ``path`` on the least loaded healthy replica. Thread-safe;
+        blocks the calling slot thread until the reply or a failure.
+
+        A replica that cannot be connected to (nothing was sent) is counted as failed and the
+        call is retried on another one; every other failure is final.
+
+        Raises:
+            UpstreamError: 502 ``upstream_unavailable`` (no replica, connection lost), 504
+                ``upstream_timeout``, 502 ``upstream_error`` (a non-2xx answer).
+        """
+        tried: list[Replica] = []
+        while True:
+            replica = self.replicas.acquire(tried, wait_s=self._request_s)
+            try:
+                return self._attempt(replica, path, body)
+            except _NotSent as e:
+                log.warning("model %s: %s unreachable, retrying elsewhere: %s", self.model,
+                            replica.url, e)  # fmt: skip
+                tried.append(replica)  # acquire raises once every replica has been tried
+
+    def _attempt(self, replica: Replica, path: str, body: bytes) -> UpstreamReply:
+        """One call to ``replica``; always releases it, with the outcome."""
+        url = replica.url
+        t0 = time.monotonic()
+        fut = self._submit(self._post(url + path, body))
+        try:
+            status, payload = fut.result(self._request_s + CALL_MARGIN_S)
+        except _NotSent as e:
+            self.replicas.release(replica, failure=f"connect: {e}")
+            raise
+        except TimeoutError:
+            fut.cancel()
+            self.replicas.release(replica, failure="timed out")
+            raise timeout(
+                f"replica {url} did not answer within {self._request_s:g} s", url
+            ) from None
+        except (aiohttp.ClientError, OSError) as e:
+            self.replicas.release(replica, failure=f"{type(e).__name__}: {e}")
+            raise unavailable(f"replica {url} failed: {type(e).__name__}: {e}", url) from e
+        except BaseException:
+            self.replicas.release(replica, failure="internal error")
+            raise
+        seconds = time.monotonic() - t0
+        if status >= 500:
+            self.replicas.release(replica, failure=f"status {status}")
+            raise upstream_error(status, _error_text(payload), url)
+        if status >= 300:
+            self.replicas.release(replica)  # it answered: not an outlier
+            raise upstream_error(status, _error_text(payload), url)
+        self.replicas.release(replica, latency_s=seconds)
+        return UpstreamReply(url, status, payload, seconds)
+
+    def _submit(self, coro: Any) -> Future[Any]:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise unavailable(f"model {self.model}: the upstream client is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    # ---- coroutines (the loop thread) --------------------------------------------------------
+
+    async def _open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # bounded per replica instead
+            limit_per_host=self.cfg.max_inflight + 1,  # + 1: a health check never queues
+            keepalive_timeout=30.0,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self._request_s, sock_connect=self.cfg.connect_timeout_ms / 1000
+            ),
+            auto_decompress=True,
+        )
+
+    async def _close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=body, headers=JSON_HEADERS) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+            # raised while opening a new connection: no byte of the request was written
+            raise _NotSent(str(e) or type(e).__name__) from e
+
+    async def _start_health_loop(self) -> None:
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def _health_loop(self) -> None:
+        # A timer is the point here: active checks run every health_interval_ms.
+        interval = self.cfg.health_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._check_all()
+            except Exception:
+                log.exception("model %s: health check round failed (continuing)", self.model)
+
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in self.replicas.replicas))
+
+    async def _check(self, replica: Replica) -> None:
+        assert self._session is not None
+        t = aiohttp.ClientTimeout(
+            total=self._health_s,
+            sock_connect=min(self._health_s, self.cfg.connect_timeout_ms / 1000),
+        )
+        try:
+            async with self._session.get(replica.url + self.health_path, timeout=t) as resp:
+                await resp.read()
+                ok, detail = 200 <= resp.status < 300, f"GET {self.health_path}: {resp.status}"
+        except TimeoutError:
+            ok, detail = False, f"GET {self.health_path}: no answer within {self._health_s:g} s"
+        except aiohttp.ClientError as e:
+            ok, detail = False, f"GET {self.health_path}: {type(e).__name__}: {e}"
+        self.replicas.health_result(replica, ok, detail)
+
+
+def _error_text(payload: bytes) -> str:
+    """The upstream's error message: OpenAI's ``error.message``, KServe's ``error``, or the
+    start of the body."""
+    text = payload[:4096].decode("utf-8", "replace")
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return text[:MAX_ERROR_TEXT] or "(empty body)"
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])[:MAX_ERROR_TEXT]
+        if isinstance(err, str):
+            return err[:MAX_ERROR_TEXT]
+    return text[:MAX_ERROR_TEXT]

@@ -1,0 +1,157 @@
+"""Embeddings through an OpenAI-compatible upstream: one merged ``/v1/embeddings`` call per
+batch, the results split back per item.
+
+Outputs per item are ``(vector float32[dim], token count)``, exactly as the ONNX embedding
+executor's, so the OpenAI and KServe APIs serve a gateway model unchanged.
+
+Token counts: OpenAI's answer carries only ``usage.prompt_tokens`` for the whole call. It is
+apportioned over the items by their size (characters of a text, ``TOKEN_CHARS`` per token id)
+with the largest-remainder method, so the counts are whole numbers, each request's count is
+its share, and the counts of one upstream call add up to exactly what the upstream reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from engine.executors.base import Outputs
+from engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
+from engine.executors.upstream.executor import UpstreamExecutor
+
+log = logging.getLogger("infergate.upstream")
+
+EMBEDDINGS_PATH = "/v1/embeddings"
+TOKEN_CHARS = 4
+"""What one token id weighs against one character when usage is apportioned."""
+PROBE_INPUT = "dimension probe"
+
+
+class _Embedding(msgspec.Struct):
+    index: int
+    embedding: str | list[float]
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class _Reply(msgspec.Struct):
+    data: list[_Embedding]
+    usage: _Usage | None = None
+
+
+_decoder = msgspec.json.Decoder(_Reply)
+
+
+class OpenAIEmbeddingsExecutor(UpstreamExecutor):
+    """Embeddings on OpenAI-compatible replicas (``executor = "openai"``, task
+    ``embeddings``). ``run`` is called from the Batcher's slot threads."""
+
+    kind = "openai"
+    default_health_path = "/v1/models"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dim: int | None = None
+        """Length of the upstream's vectors, learnt from its first answer (None before)."""
+
+    def after_first_check(self) -> None:
+        """Learn the vector length with one tiny call; a failure is only logged."""
+        try:
+            out = self._call([PROBE_INPUT], 0)
+        except UpstreamError as e:
+            log.warning("model %s: probing the upstream failed: %s", self.name, e)
+            return
+        log.info("model %s: upstream %s serves %d-dim vectors", self.name,
+                 self.upstream_model, len(out[0][0]))  # fmt: skip
+
+    def run(self, items: list[Any], slot: int) -> Outputs:
+        """One upstream call per batch (two when the batch mixes texts and token arrays,
+        which OpenAI's API does not accept in one ``input``)."""
+        texts = [i for i, x in enumerate(items) if isinstance(x, str)]
+        if not texts or len(texts) == len(items):
+            return self._call(items, slot)
+        tokens = [i for i, x in enumerate(items) if not isinstance(x, str)]
+        out: list[Any] = [None] * len(items)
+        for group in (texts, tokens):
+            for i, o in zip(group, self._call([items[i] for i in group], slot), strict=True):
+                out[i] = o
+        return out
+
+    def _call(self, items: list[Any], slot: int) -> list[tuple[np.ndarray[Any, Any], int]]:
+        body = msgspec.json.encode(
+            {"model": self.upstream_model, "input": items, "encoding_format": "base64"}
+        )
+        reply = self.client.post(EMBEDDINGS_PATH, body)
+        try:
+            vectors, total = decode_reply(reply.body, len(items))
+        except ValueError as e:
+            raise UpstreamError(
+                502, UPSTREAM_ERROR, f"replica {reply.replica}: {e}", replica=reply.replica
+            ) from None
+        self.dim = vectors.shape[1]
+        self.record(slot, reply)
+        counts = apportion(total, [_weight(x) for x in items])
+        return [(vectors[i], counts[i]) for i in range(len(items))]
+
+
+def decode_reply(body: bytes, n: int) -> tuple[np.ndarray[Any, Any], int]:
+    """The ``n`` vectors (float32, in input order) and ``usage.prompt_tokens`` of an
+    embeddings answer; base64 (little-endian float32) or float lists.
+
+    Raises:
+        ValueError: the answer does not fit the request (count, indices, lengths, JSON).
+    """
+    try:
+        doc = _decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"invalid embeddings answer: {e}") from None
+    if len(doc.data) != n:
+        raise ValueError(f"{len(doc.data)} embeddings for {n} inputs")
+    rows: list[np.ndarray[Any, Any] | None] = [None] * n
+    for item in doc.data:
+        if not 0 <= item.index < n or rows[item.index] is not None:
+            raise ValueError(f"embedding index {item.index} is out of range or repeated")
+        rows[item.index] = _vector(item.embedding)
+    dims = {len(r) for r in rows if r is not None}
+    if len(dims) != 1 or 0 in dims:
+        raise ValueError(f"embeddings of different or empty lengths {sorted(dims)}")
+    vectors = np.stack([r for r in rows if r is not None])
+    return vectors, doc.usage.prompt_tokens if doc.usage is not None else 0
+
+
+def _vector(emb: str | list[float]) -> np.ndarray[Any, Any]:
+    if isinstance(emb, list):
+        return np.asarray(emb, dtype=np.float32)
+    try:
+        raw = base64.b64decode(emb, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"invalid base64 embedding: {e}") from None
+    if len(raw) % 4:
+        raise ValueError(f"base64 embedding of {len(raw)} bytes is not float32")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _weight(item: Any) -> int:
+    return len(item) if isinstance(item, str) else TOKEN_CHARS * len(item)
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` into whole shares proportional to ``weights`` (largest remainder,
+    ties to the earlier item); the shares add up to ``total`` exactly."""
+    if total <= 0 or not weights:
+        return [0] * len(weights)
+    w = [max(1, x) for x in weights]
+    whole = sum(w)
+    shares = [total * x // whole for x in w]
+    left = total - sum(shares)  # < len(w)
+    by_remainder = sorted(range(len(w)), key=lambda i: (-(total * w[i] % whole), i))
+    for i in by_remainder[:left]:
+        shares[i] += 1
+    return shares
