@@ -15,24 +15,26 @@ from engine.scheduler.batcher import Batcher
 from engine.scheduler.queues import CANCELLED, InferRequest, Rejection
 
 INVALID_INPUT = "invalid_input"
+BODY_TOO_LARGE = "body_too_large"
 MAX_TIMEOUT_MS = 3_600_000
 """Longest queue timeout a client may ask for (1 h); the shortest is 1 ms."""
 MODEL_NOT_FOUND = "model_not_found"
 
 MAX_INPUTS = 2048
 """Inputs (texts or token arrays; KServe rows) per request, as OpenAI's limit."""
-MAX_INPUT_CHARS = 32_768
-"""Characters per text input: about 8k tokens, far past the builtin model's 256-token window
+MAX_INPUT_CHARS = 16_384
+"""Characters per text input: about 4k tokens, far past the builtin model's 256-token window
 (the rest is truncated), but every character is still tokenised."""
 MAX_INPUT_TOKENS = 8192
 """Token ids per token-array input (OpenAI's per-input limit)."""
 TOKEN_CHARS = 4
 """What one token id counts for in the request budget (an English token is ~4-5 characters)."""
-MAX_REQUEST_CHARS = 65_536
-"""Characters in all the texts of one request (token ids count TOKEN_CHARS each). Builtin
-MiniLM (int8, 1 thread) costs ~60 µs per character of ~300-word inputs (issue 7: 2048 of them
-ran 193 s; bench/minilm_cost.py measures it), so one maximal request costs about 4 s of one
-core instead of minutes. See docs/api.md "Limits"."""
+MAX_REQUEST_CHARS = 32_768
+"""Characters in all the texts of one request (token ids count TOKEN_CHARS each): the items x
+length budget. Builtin MiniLM (int8, 1 thread) costs 120-155 µs per character of 10-300-word
+inputs on the shared 2-core dev box (bench/minilm_cost.py; ~60 µs in issue 7's run, where 2048
+inputs of ~300 words took 193 s), so one maximal request costs 2-5 s of one core, not minutes.
+See docs/api.md "Limits"."""
 _MAX_DIGITS = 18
 """Longest numeric header value read (below 2**63): ``int()`` of 4,301+ digits raises."""
 

@@ -10,14 +10,18 @@ until the batch is gathered.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
-from typing import Any
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from engine.api.common import (
+    BODY_TOO_LARGE,
     MAX_INPUTS,
     MAX_TIMEOUT_MS,
     MODEL_NOT_FOUND,
@@ -53,6 +57,20 @@ MAX_BATCH = MAX_INPUTS
 """Rows (items) per request, as for /v1/embeddings: a request is split into batches and its
 remainder cannot be expired once it started, so one request must not be unbounded."""
 MAX_TIMEOUT_US = MAX_TIMEOUT_MS * 1000
+MAX_JSON_BYTES = 1024 * 1024
+"""The JSON part of a request (all of it without Inference-Header-Content-Length); beyond it,
+413 pointing at binary tensors. Decoding JSON tensors costs ~25 ms per MiB in all (msgspec,
+then NumPy, then the JSON answer) and each step is one C call holding the GIL: 8 MiB bodies
+stalled the reactors for 0.4-2 s (docs/benchmarks.md "Large JSON bodies and the reactor")."""
+OFFLOAD_BYTES = 64 * 1024
+"""Bodies from this size are parsed on the codec thread, not the reactor: the reactor then
+waits for the GIL for at most one C call of the parse (MAX_JSON_BYTES bounds it), not for every
+queued parse in turn. Smaller bodies parse in well under a millisecond: no thread hop."""
+JSON_CHUNK = 32 * 1024
+"""Elements encoded per C call in a JSON answer; answers bigger than this are encoded on the
+codec thread."""
+_codec = ThreadPoolExecutor(1, thread_name_prefix="kserve-codec")
+"""One thread: the work holds the GIL, so more threads would add no throughput."""
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -74,6 +92,14 @@ def _split_body(req: Request) -> tuple[Any, memoryview, int]:
         header_len = digits(raw_len, "Inference-Header-Content-Length")
         if not 0 < header_len <= len(body):
             raise invalid("Inference-Header-Content-Length is outside the body")
+    if header_len > MAX_JSON_BYTES:
+        raise ApiError(
+            413,
+            BODY_TOO_LARGE,
+            f"the JSON part of an inference request is limited to {MAX_JSON_BYTES} bytes (got "
+            f"{header_len}): send big tensors as binary data (parameters.binary_data_size with "
+            "Inference-Header-Content-Length; tritonclient: binary_data=True)",
+        )
     header = decode_json(_decoder, memoryview(body)[:header_len], "inference request JSON")
     if not isinstance(header, dict):
         raise invalid("the inference request must be a JSON object")
@@ -215,6 +241,18 @@ def _wants_binary(header: dict[str, Any], output: str) -> bool:
     return binary
 
 
+def _json_array(arr: np.ndarray[Any, Any]) -> bytes:
+    """``arr`` flattened as a JSON array, encoded JSON_CHUNK elements at a time: each C call
+    (tolist, encode) then holds the GIL for a few ms, so the reactors get it in between when
+    this runs on the codec thread (all 2M floats of an 8 MB tensor at once: ~100 ms)."""
+    flat = arr.reshape(-1)
+    parts = [
+        _encoder.encode(flat[i : i + JSON_CHUNK].tolist())[1:-1]
+        for i in range(0, flat.size, JSON_CHUNK)
+    ]
+    return b"[" + b",".join(parts) + b"]"
+
+
 def encode_output(
     model: str, name: str, arr: np.ndarray[Any, Any], datatype: str, binary: bool,
     extra: Headers, req_id: Any,
@@ -224,7 +262,7 @@ def encode_output(
     if req_id is not None:
         head["id"] = req_id
     if not binary:
-        out["data"] = arr.reshape(-1).tolist()
+        out["data"] = msgspec.Raw(_json_array(arr))
         return json_response(head, headers=extra)
     data = np.ascontiguousarray(arr, dtype=DTYPES[datatype]).tobytes()
     out["parameters"] = {"binary_data_size": len(data)}
@@ -249,6 +287,68 @@ def metadata(b: Batcher) -> dict[str, Any]:
         "outputs": outputs,
         "parameters": {"simulated": b.executor.simulated},
     }
+
+
+class Parsed(NamedTuple):
+    """A KServe inference request, decoded and validated, ready to queue."""
+
+    items: list[Any]
+    key: Hashable
+    priority: Any
+    timeout_ms: float | None
+    binary: bool
+    req_id: str | None
+    out_name: str
+    out_type: str
+
+
+def parse_request(req: Request, b: Batcher) -> Parsed:
+    """Decode and validate a KServe inference request for model ``b``.
+
+    Thread-safe: reads only the request and ``b.config`` (a frozen struct swapped by reference),
+    so big bodies are parsed on the codec thread.
+
+    Raises:
+        ApiError: 400 for anything malformed, 413 for a JSON part over MAX_JSON_BYTES.
+    """
+    header, body, offset = _split_body(req)
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise invalid(f"model {b.name} takes exactly one input")
+    name, datatype, value, end = decode_input(inputs[0], body, offset)
+    if end != len(body) and offset != len(body):
+        raise invalid(f"{len(body) - end} bytes of binary data left over")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise invalid("parameters must be an object")
+    embeddings = b.config.task == "embeddings"
+    # decided (and "outputs" validated) before any work is queued
+    binary = _wants_binary(header, "EMBEDDING" if embeddings else "OUTPUT0")
+    req_id = header.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise invalid("id must be a string")
+    prio = params.get("priority")
+    prio = None if type(prio) is int and prio == 0 else prio  # Triton: 0 = model default
+    timeout_ms = _timeout_ms(params.get("timeout"))
+    if embeddings:
+        if name != "TEXT" or datatype != "BYTES":
+            raise invalid("embeddings models take input TEXT of datatype BYTES")
+        try:
+            texts = [v.decode("utf-8") for v in value]
+        except UnicodeDecodeError:
+            raise invalid("TEXT elements must be UTF-8") from None
+        if not texts or not all(texts):
+            raise invalid("TEXT must hold non-empty strings")
+        check_texts(texts, "TEXT")
+        return Parsed(
+            texts, ("kserve-text",), prio, timeout_ms, binary, req_id, "EMBEDDING", "FP32"
+        )
+    if name != "INPUT0" or datatype == "BYTES":
+        raise invalid("tensor models take one numeric input INPUT0")
+    if value.ndim < 1 or value.shape[0] == 0:
+        raise invalid("INPUT0 needs a batch dimension of at least 1")
+    key = (name, datatype, value.shape[1:])
+    return Parsed(list(value), key, prio, timeout_ms, binary, req_id, "OUTPUT0", datatype)
 
 
 def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
@@ -294,50 +394,20 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
             return kserve_error(e.status, e.reason, e.message, getattr(e, "retry_after", None))
 
     async def _infer(req: Request, b: Batcher) -> Response:
-        header, body, offset = _split_body(req)
-        inputs = header.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1:
-            raise invalid(f"model {b.name} takes exactly one input")
-        name, datatype, value, end = decode_input(inputs[0], body, offset)
-        if end != len(body) and offset != len(body):
-            raise invalid(f"{len(body) - end} bytes of binary data left over")
-        params = header.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise invalid("parameters must be an object")
-        embeddings = b.config.task == "embeddings"
-        # decided (and "outputs" validated) before any work is queued
-        binary = _wants_binary(header, "EMBEDDING" if embeddings else "OUTPUT0")
-        req_id = header.get("id")
-        if req_id is not None and not isinstance(req_id, str):
-            raise invalid("id must be a string")
-        prio = params.get("priority")
-        prio = None if type(prio) is int and prio == 0 else prio  # Triton: 0 = model default
-        level, timeout = priority_and_timeout(req, b, prio, _timeout_ms(params.get("timeout")))
-        if embeddings:
-            if name != "TEXT" or datatype != "BYTES":
-                raise invalid("embeddings models take input TEXT of datatype BYTES")
-            try:
-                texts = [v.decode("utf-8") for v in value]
-            except UnicodeDecodeError:
-                raise invalid("TEXT elements must be UTF-8") from None
-            if not texts or not all(texts):
-                raise invalid("TEXT must hold non-empty strings")
-            check_texts(texts, "TEXT")
-            done = await infer(req, b, texts, ("kserve-text",), level, timeout)
+        if len(req.body) < OFFLOAD_BYTES:
+            p = parse_request(req, b)
+        else:  # see OFFLOAD_BYTES
+            p = await asyncio.get_running_loop().run_in_executor(_codec, parse_request, req, b)
+        level, timeout = priority_and_timeout(req, b, p.priority, p.timeout_ms)
+        done = await infer(req, b, p.items, p.key, level, timeout)
+        if p.out_name == "EMBEDDING":
             arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
-            out_name, out_type = "EMBEDDING", "FP32"
         else:
-            if name != "INPUT0" or datatype == "BYTES":
-                raise invalid("tensor models take one numeric input INPUT0")
-            if value.ndim < 1 or value.shape[0] == 0:
-                raise invalid("INPUT0 needs a batch dimension of at least 1")
-            key = (name, datatype, value.shape[1:])
-            done = await infer(req, b, list(value), key, level, timeout)
-            arr = np.stack(done.outputs).astype(DTYPES[datatype])
-            out_name, out_type = "OUTPUT0", datatype
-        return encode_output(
-            b.name, out_name, arr, out_type, binary, telemetry(done), req_id,
-        )  # fmt: skip
+            arr = np.stack(done.outputs).astype(DTYPES[p.out_type])
+        args = (b.name, p.out_name, arr, p.out_type, p.binary, telemetry(done), p.req_id)
+        if p.binary or arr.size <= JSON_CHUNK:
+            return encode_output(*args)
+        return await asyncio.get_running_loop().run_in_executor(_codec, encode_output, *args)
 
     router.add(["GET"], "/v2/health/live", live)
     router.add(["GET"], "/v2/health/ready", ready)

@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 
 from engine.api.common import (
+    BODY_TOO_LARGE,
     MAX_INPUTS,
     MODEL_NOT_FOUND,
     ApiError,
@@ -27,6 +28,9 @@ from engine.models.registry import ModelRegistry
 from engine.scheduler.queues import Rejection
 
 MAX_TOKEN_ID = 2**31 - 1
+MAX_BODY_BYTES = 1024 * 1024
+"""A request body; beyond it, 413 before decoding. Any request within the text budget fits:
+MAX_REQUEST_CHARS characters take at most 12 bytes each in JSON (an escaped surrogate pair)."""
 
 _EMBED_KEY = ("embeddings",)
 
@@ -75,6 +79,10 @@ def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
 def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
     async def embeddings(req: Request) -> Response:
         try:
+            if len(req.body) > MAX_BODY_BYTES:
+                raise ApiError(
+                    413, BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY_BYTES} bytes"
+                )
             body: EmbeddingsBody = decode_json(_body, req.body, "request body")
             batcher = registry.get(body.model)
             if batcher is None:

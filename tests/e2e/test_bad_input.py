@@ -7,10 +7,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.api.common import MAX_INPUT_CHARS, MAX_REQUEST_CHARS
-from engine.api.kserve import MAX_DIMS
+from engine.api.kserve import MAX_DIMS, MAX_JSON_BYTES
+from engine.api.openai import MAX_BODY_BYTES
 from tests.support.client import HttpResponse, RawConnection
 from tests.support.server import ServerProcess
 
@@ -224,6 +226,45 @@ def test_request_at_the_budget_is_served(server: ServerProcess) -> None:
     r = post(server.port, EMBED, body)
     assert r.status == 200
     assert len(json.loads(r.body)["data"]) == n
+
+
+# --- 7.9: big JSON bodies ------------------------------------------------------------------
+
+
+def test_kserve_json_over_the_limit_is_a_413_pointing_at_binary_data(
+    server: ServerProcess,
+) -> None:
+    cols = MAX_JSON_BYTES // (2048 * 4) + 1  # "0.5, " is 5 bytes: comfortably over the limit
+    body = tensor("FP32", [2048, cols], [0.5] * (2048 * cols))
+    assert len(body) > MAX_JSON_BYTES
+    r = post(server.port, TENSOR, body)
+    assert r.status == 413
+    assert r.header("x-infergate-drop-reason") == "body_too_large"
+    assert "binary_data" in json.loads(r.body)["error"]
+
+
+def test_big_binary_tensor_with_a_json_answer_is_served_whole(server: ServerProcess) -> None:
+    # 4 MB binary in; the JSON answer of 1M values is encoded in slices on the codec thread
+    x = np.arange(1024 * 1024, dtype="<f4").reshape(1024, 1024) / 7
+    head = json.dumps({
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1024, 1024],
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}],
+    }).encode()  # fmt: skip
+    r = post(
+        server.port, TENSOR, head + x.tobytes(), ("Inference-Header-Content-Length", str(len(head)))
+    )
+    assert r.status == 200
+    out = json.loads(r.body)["outputs"][0]
+    assert out["shape"] == [1024, 1024]
+    assert np.array_equal(np.asarray(out["data"], dtype="<f4").reshape(1024, 1024), 2 * x + 1)
+
+
+def test_openai_body_over_the_limit_is_a_413(server: ServerProcess) -> None:
+    body = json.dumps({"model": "sim-embed", "input": "x" * (MAX_BODY_BYTES + 1)}).encode()
+    r = post(server.port, EMBED, body)
+    assert r.status == 413
+    assert json.loads(r.body)["error"]["code"] == "body_too_large"
 
 
 def test_no_bad_input_left_a_traceback_in_the_log(server: ServerProcess) -> None:

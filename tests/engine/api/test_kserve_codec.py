@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
 import pytest
 
 from engine.api.common import ApiError
-from engine.api.kserve import decode_input
+from engine.api.kserve import JSON_CHUNK, _json_array, decode_input
 
 
 def test_json_tensor_decodes_to_the_declared_shape_and_dtype() -> None:
@@ -100,3 +101,9 @@ def test_oversized_or_out_of_range_inputs_are_400_not_500(
         decode_input(spec, memoryview(b""), 0)
     assert e.value.status == 400
     assert fragment in e.value.message
+
+
+@pytest.mark.parametrize("n", [0, 1, JSON_CHUNK - 1, JSON_CHUNK, 2 * JSON_CHUNK + 5])
+def test_json_answer_encoded_in_slices_equals_one_encode(n: int) -> None:
+    arr = (np.arange(n, dtype=np.float32) / 3).reshape(-1, 1)
+    assert json.loads(_json_array(arr)) == arr.reshape(-1).tolist()
