@@ -18,6 +18,7 @@ def main() -> None:
     port, mode = int(sys.argv[1]), sys.argv[2]
     config = ServerConfig(
         listen=f"127.0.0.1:{port}",
+        admin_listen="",
         sub_reactors=1,
         accept_mode=mode,  # type: ignore[arg-type]
         limits=Limits(max_pipelined=256),

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CONFIG = """
 listen = "127.0.0.1:{port}"
+admin_listen = ""
 sub_reactors = 1
 [[models]]
 name = "sim-embed"

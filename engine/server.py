@@ -10,16 +10,19 @@ from collections.abc import Callable
 from prometheus_client.registry import CollectorRegistry
 
 from engine.api.admin import add_admin_routes
-from engine.api.health import add_health_routes
+from engine.api.health import add_health_routes, add_metrics_route
 from engine.api.kserve import add_kserve_routes
 from engine.api.openai import add_openai_routes
-from engine.config import ServerConfig
+from engine.auth.admin import admin_planes
+from engine.config import ServerConfig, parse_listen
 from engine.control import Control
 from engine.http.router import Router
 from engine.http.static import StaticFiles
 from engine.models.metrics import ModelCollector
 from engine.models.registry import ModelRegistry
 from engine.net.reactor import MainReactor, SubReactor, open_listeners
+
+_LOOPBACK = ("127.", "::1", "localhost")
 from engine.stats import HttpCollector
 
 log = logging.getLogger("infergate")
@@ -30,7 +33,9 @@ class Server:
 
     ``static_root`` must be absolute (``app.config`` resolves it against the config file);
     model files are resolved against ``base_dir``. Extra routes can be added to ``router``
-    before ``start``.
+    (the public listener) or ``admin_router`` (the admin listener, None when there is none)
+    before ``start``. Routes that change state go to the admin plane only
+    (``engine.auth.admin``).
     """
 
     def __init__(
@@ -48,13 +53,29 @@ class Server:
             for i in range(n)
         ]
         self.registry.register(HttpCollector([s.stats for s in self.subs]))
-        add_health_routes(self.router, self.registry, self.is_draining)
+        # the admin listener: its own sub-reactor, so a busy public side never delays it
+        self.admin_router: Router | None = None
+        self.admin_sub: SubReactor | None = None
+        if config.admin_listen:
+            self.admin_router = Router()
+            self.admin_sub = SubReactor(
+                n, self.admin_router, config.limits, self.file_executor, config.access_log
+            )
+        add_health_routes(self.router, self.is_draining)
+        if not config.metrics_on_admin:
+            add_metrics_route(self.router, self.registry)
+        if self.admin_router is not None:
+            add_health_routes(self.admin_router, self.is_draining)
+            add_metrics_route(self.admin_router, self.registry)
         self.models = ModelRegistry(config.models, base_dir)
         self.control = Control(self.models)
         self.registry.register(ModelCollector(self.models))
         add_openai_routes(self.router, self.models)
         add_kserve_routes(self.router, self.models)
-        add_admin_routes(self.router, self.control)
+        for plane in admin_planes(
+            self.router, self.admin_router, config.admin_token, config.admin_on_public
+        ):
+            add_admin_routes(plane, self.control)
         if static_root is not None:
             if not os.path.isdir(static_root):
                 raise FileNotFoundError(f"static_root {static_root!r} is not a folder")
@@ -75,6 +96,23 @@ class Server:
         self.models.load()
         reuseport = cfg.accept_mode == "reuseport"
         listeners = open_listeners(cfg.host, cfg.port, len(self.subs), reuseport)
+        if self.admin_sub is not None:
+            ahost, aport = parse_listen(cfg.admin_listen)
+            try:
+                [admin_sock] = open_listeners(ahost, aport, 1, reuseport=False)
+            except OSError:
+                for sock in listeners:
+                    sock.close()
+                raise
+            self.admin_sub.start()
+            self.admin_sub.serve_reuseport(admin_sock)
+            self.admin_address = admin_sock.getsockname()[:2]
+        if not cfg.host.startswith(_LOOPBACK):
+            log.warning(
+                "the public listener %s is not loopback and no API keys are configured: "
+                "anyone who can reach it can use every model",
+                cfg.listen,
+            )
         for sub in self.subs:
             sub.start()
         if reuseport:
@@ -105,6 +143,10 @@ class Server:
         try:
             return self.main.run(install_signals, on_ready=on_ready)
         finally:
+            if self.admin_sub is not None:
+                # the public side has drained; admin requests in flight get a moment too
+                self.admin_sub.drain(1.0).result()
+                self.admin_sub.stop()
             self.models.close()
             self.file_executor.shutdown(wait=False, cancel_futures=True)
 

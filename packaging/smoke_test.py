@@ -27,7 +27,8 @@ def size_mb(path: Path) -> float:
 def start(exe: Path) -> tuple[subprocess.Popen[str], int, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [str(exe), "--headless", "--listen", "127.0.0.1:0", "--sub-reactors", "1"],
+        [str(exe), "--headless", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--sub-reactors", "1"],
         cwd=tempfile.mkdtemp(prefix="infergate-smoke-"),  # an empty folder
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -15,10 +15,8 @@ _OK = json_response({"status": "ok"})
 _DRAINING = json_response({"status": "draining"}, 503, [(b"Retry-After", b"1")])
 
 
-def add_health_routes(
-    router: Router, registry: CollectorRegistry, is_draining: Callable[[], bool]
-) -> None:
-    """Route ``GET /healthz`` and ``GET /metrics``.
+def add_health_routes(router: Router, is_draining: Callable[[], bool]) -> None:
+    """Route ``GET /healthz``.
 
     ``/healthz`` answers 503 while the server drains, so a load balancer stops sending new
     requests before the connections close.
@@ -27,10 +25,14 @@ def add_health_routes(
     def healthz(_req: Request) -> Response:
         return _DRAINING if is_draining() else _OK
 
+    router.add(["GET"], "/healthz", healthz)
+
+
+def add_metrics_route(router: Router, registry: CollectorRegistry) -> None:
+    """Route ``GET /metrics`` (Prometheus text)."""
     content_type = CONTENT_TYPE_LATEST.encode("latin-1")
 
     def metrics(_req: Request) -> Response:
         return Response(generate_latest(registry), 200, content_type)
 
-    router.add(["GET"], "/healthz", healthz)
     router.add(["GET"], "/metrics", metrics)

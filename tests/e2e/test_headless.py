@@ -37,8 +37,9 @@ def write(path: Path, batch: int, default: int = 1, extra: str = "") -> None:
     )
 
 
-def batching(port: int) -> dict[str, Any]:
-    with RawConnection(port) as c:
+def batching(server: ServerProcess) -> dict[str, Any]:
+    assert server.admin_port is not None  # /admin/* lives on the admin listener
+    with RawConnection(server.admin_port) as c:
         models = c.request("GET", "/admin/models").json()["models"]
     return next(m for m in models if m["name"] == "sim")
 
@@ -61,7 +62,7 @@ def test_sighup_reloads_batching_without_dropping_connections(tmp_path: Path) ->
         s.signal(signal.SIGHUP)
 
         def reloaded() -> bool:
-            m = batching(s.port)
+            m = batching(s)
             return bool(m["batching"]["max_batch_size"] == 4 and m["priorities"]["default"] == 2)
 
         wait_until(reloaded, RELOAD_TIMEOUT_S, "SIGHUP has reloaded the batching config")
@@ -78,7 +79,7 @@ def test_sighup_reloads_batching_without_dropping_connections(tmp_path: Path) ->
         )
         # ...after which the old settings are still in force and the server still serves
         assert kept.request("POST", "/v1/embeddings", body=body).status == 200
-        assert batching(s.port)["batching"]["max_batch_size"] == 4
+        assert batching(s)["batching"]["max_batch_size"] == 4
         assert s.proc.poll() is None
 
 

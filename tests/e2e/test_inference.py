@@ -190,7 +190,7 @@ def test_deadline_expires_while_the_executor_is_busy(server: ServerProcess) -> N
         busy = pool.submit(call, "busy", 1)
         # wait on the server's own state until its batch occupies the only slot
         wait_until(
-            lambda: _running(server.port, "sim-slow"), STATE_TIMEOUT_S, "the first request runs"
+            lambda: _running(_admin(server), "sim-slow"), STATE_TIMEOUT_S, "the first request runs"
         )
         late = pool.submit(call, "late", 2)  # level 2: 50 ms queue timeout
         status, headers = late.result()
@@ -227,7 +227,7 @@ def test_admin_patch_under_load_loses_no_request(server: ServerProcess) -> None:
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(call, i) for i in range(200)]
-        with RawConnection(port) as c:
+        with RawConnection(_admin(server)) as c:
             r = c.request(
                 "PATCH", "/admin/models/sim-embed/batching",
                 body=b'{"policy": "window", "max_queue_delay_us": 500, "max_batch_size": 8}',
@@ -237,7 +237,7 @@ def test_admin_patch_under_load_loses_no_request(server: ServerProcess) -> None:
             assert bad.status == 400
         statuses = [f.result() for f in futures]
     assert statuses == [200] * 200
-    with RawConnection(port) as c:
+    with RawConnection(_admin(server)) as c:
         models = {m["name"]: m for m in c.request("GET", "/admin/models").json()["models"]}
     assert models["sim-embed"]["batching"]["policy"] == "window"
     assert models["sim-embed"]["batching"]["max_batch_size"] == 8
@@ -252,6 +252,12 @@ def test_admin_patch_under_load_loses_no_request(server: ServerProcess) -> None:
 def _metrics(port: int) -> str:
     with RawConnection(port) as c:
         return c.request("GET", "/metrics").body.decode()
+
+
+def _admin(server: ServerProcess) -> int:
+    """The admin listener's port (``/admin/*`` is not served on the public one)."""
+    assert server.admin_port is not None
+    return server.admin_port
 
 
 def _running(port: int, model: str) -> bool:
@@ -278,13 +284,17 @@ def test_a_client_that_disconnects_while_queued_is_removed(server: ServerProcess
     before = _metrics(port)
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(post, port, "/v1/embeddings", {"model": "sim-slow", "input": "busy"})
-        wait_until(lambda: _running(port, "sim-slow"), STATE_TIMEOUT_S, "the first request runs")
+        wait_until(
+            lambda: _running(_admin(server), "sim-slow"), STATE_TIMEOUT_S, "the first request runs"
+        )
         c = RawConnection(port)
         c.send(
             build_request("POST", "/v1/embeddings", body=b'{"model": "sim-slow", "input": "bye"}')
         )
         wait_until(
-            lambda: _queue_depth(port, "sim-slow") == 1, STATE_TIMEOUT_S, "the second is queued"
+            lambda: _queue_depth(_admin(server), "sim-slow") == 1,
+            STATE_TIMEOUT_S,
+            "the second is queued",
         )
         c.close()  # the client goes away while its request waits
         dropped_before = metric_or_zero(before, "client_disconnected")
@@ -294,7 +304,7 @@ def test_a_client_that_disconnects_while_queued_is_removed(server: ServerProcess
             "the queued request of the closed connection is counted as client_disconnected",
         )
         assert busy.result()[0] == 200
-    assert _queue_depth(port, "sim-slow") == 0
+    assert _queue_depth(_admin(server), "sim-slow") == 0
 
 
 def test_pipelined_inference_requests_are_answered_in_order(server: ServerProcess) -> None:
