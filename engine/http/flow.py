@@ -51,6 +51,7 @@ class ConnectionFlow:
         "admitted",
         "body_held",
         "ctx",
+        "cut",
         "deferred",
         "drain_waiter",
         "inflight",
@@ -86,6 +87,8 @@ class ConnectionFlow:
         """In ``ctx.backlog``: unsent bytes whose progress the sweep checks."""
         self.send_mark = 0
         self.send_deadline = _INF
+        self.cut = False
+        """Aborted as a slow reader (counted once)."""
 
     # Provided by HttpProtocol.
     def _dispatch(self, req: Request) -> None:
@@ -338,7 +341,8 @@ class ConnectionFlow:
 
     def _cut(self) -> None:
         transport = self.transport
-        if transport is not None and self.admitted:
+        if transport is not None and self.admitted and not self.cut:
+            self.cut = True  # a victim may be chosen again before its abort is processed
             self.ctx.stats.slow_readers_cut += 1
             transport.abort()
 

@@ -7,7 +7,9 @@ Each wait is on a condition with a deadline (``wait_until``) or on the server's 
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.support.client import (
     build_request,
     metric,
 )
+from tests.support.server import ServerProcess
 from tests.support.wait import wait_until
 
 DEADLINE_S = 10.0
@@ -29,6 +32,15 @@ def metrics(port: int) -> str:
         r = c.request("GET", "/metrics", headers=[("Connection", "close")])
         assert r.status == 200
         return r.body.decode()
+
+
+def refused_count(port: int) -> float:
+    """The refusals counted, or -1 while this scrape itself is refused (the cap is reached
+    until the server has seen a held connection close)."""
+    try:
+        return metric(metrics(port), "infergate_connections_refused_total")
+    except (ConnectionClosedError, ConnectionResetError):
+        return -1
 
 
 def test_second_instance_on_the_same_port_fails_naming_it(start_server: ServerFactory) -> None:
@@ -51,9 +63,9 @@ def test_connection_cap_refuses_logs_and_counts(start_server: ServerFactory) -> 
     finally:
         held.pop().close()
     wait_until(
-        lambda: metric(metrics(server.port), "infergate_connections_refused_total") >= 1,
+        lambda: refused_count(server.port) >= 1,
         DEADLINE_S,
-        "the refusal to be counted",
+        "a scrape to be accepted (a slot freed) and show the refusal",
     )
     for c in held:
         c.close()
@@ -72,9 +84,17 @@ def test_body_memory_cap_answers_503_with_retry_after(start_server: ServerFactor
         r = b.read_response()
         assert_json_error(r, 503)
         assert r.header("retry-after") == "1"
-    with RawConnection(server.port) as c:  # a's connection died: its reservation went with it
+    wait_until(  # a's connection died: its reservation goes with it once the server sees it
+        lambda: continue_status(server.port, head) == 100,
+        DEADLINE_S,
+        "a new body to be accepted (100 Continue)",
+    )
+
+
+def continue_status(port: int, head: bytes) -> int:
+    with RawConnection(port) as c:
         c.send(head)
-        assert c.read_response().status == 100
+        return c.read_response().status
 
 
 def test_client_that_never_reads_is_cut_at_the_send_timeout(start_server: ServerFactory) -> None:
@@ -86,11 +106,64 @@ def test_client_that_never_reads_is_cut_at_the_send_timeout(start_server: Server
         # 40 x 300 KB: more than the kernel's buffers hold for a client that reads nothing
         sock.sendall(build_request("GET", "/big.bin") * 40)
         wait_until(
+            lambda: metric(metrics(server.port), "infergate_http_slow_readers_cut_total") == 1,
+            DEADLINE_S,
+            "the server to cut the client that reads nothing",
+        )
+        wait_until(
             lambda: metric(metrics(server.port), "infergate_http_connections_open") == 1,
             DEADLINE_S,
-            "the server to close the client that reads nothing (only the scrape left open)",
+            "the cut connection to be gone (only the scrape open)",
         )
-        assert metric(metrics(server.port), "infergate_http_slow_readers_cut_total") == 1
         assert "whose client read nothing for 0.3 s" in server.log_text()
     finally:
         sock.close()
+
+
+SIM_CONFIG = """
+listen = "127.0.0.1:0"
+sub_reactors = 2
+admin_listen = ""
+
+[limits]
+max_unsent_bytes = 2000000
+write_high_water = 65536
+
+[[models]]
+name = "sim-embed"
+executor = "sim"
+dim = 384
+base_us = 100
+per_item_us = 1
+[models.batching]
+max_batch_size = 256
+"""
+
+
+def test_pipelined_inference_for_a_client_that_never_reads_is_capped(tmp_path: Path) -> None:
+    # The observed case: one connection pipelining large embedding responses and reading none
+    # of them reached 1.42 GB. Past max_unsent_bytes (2 MB here) the connection is cut, well
+    # before the send timeout (30 s by default).
+    config = tmp_path / "infergate.toml"
+    config.write_text(SIM_CONFIG)
+    body = json.dumps({"model": "sim-embed", "input": [f"w{i}" for i in range(128)]}).encode()
+    request = build_request("POST", "/v1/embeddings", [("Content-Type", "application/json")], body)
+    with ServerProcess(config) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        try:
+            sock.sendall(request * 60)
+            wait_until(
+                lambda: metric(metrics(server.port), "infergate_http_slow_readers_cut_total") == 1,
+                DEADLINE_S,
+                "the server to cut the connection holding the most unsent bytes",
+            )
+            wait_until(
+                lambda: metric(metrics(server.port), "infergate_http_connections_open") == 1,
+                DEADLINE_S,
+                "the cut connection to be gone (only the scrape open)",
+            )
+            assert "over limits.max_unsent_bytes" in server.log_text()
+        finally:
+            sock.close()
