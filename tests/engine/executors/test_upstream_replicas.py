@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 from collections import Counter
+from typing import Any
 
+import numpy as np
 import pytest
 
+from engine.config import UpstreamConfig
 from engine.executors.base import ExecutorError
+from engine.executors.upstream.client import UpstreamReply
 from engine.executors.upstream.errors import UPSTREAM_UNAVAILABLE, UpstreamError
 from engine.executors.upstream.executor import check_upstream_url
-from engine.executors.upstream.openai import apportion, decode_reply
+from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor, apportion, decode_reply
 from engine.executors.upstream.replicas import ReplicaSet
 
 URLS = ["http://a:1", "http://b:2", "http://c:3"]
@@ -226,10 +232,6 @@ def test_apportioned_tokens_add_up_exactly() -> None:
 
 
 def test_decode_reply_orders_by_index_and_reads_base64_or_floats() -> None:
-    import base64
-
-    import numpy as np
-
     v0 = np.array([1.0, 2.0], dtype="<f4")
     body = (
         b'{"data":[{"index":1,"embedding":[3.0,4.0]},'
@@ -244,3 +246,64 @@ def test_decode_reply_orders_by_index_and_reads_base64_or_floats() -> None:
         decode_reply(body, 3)
     with pytest.raises(ValueError, match="repeated"):
         decode_reply(b'{"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[1]}]}', 2)
+
+
+# ---- the executor's run, over a fake client (no sockets) -------------------------------------
+
+
+class FakeClient:
+    """Answers ``post`` like an OpenAI upstream would: one vector per input, 3 tokens each."""
+
+    def __init__(self, body: bytes | None = None) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.body = body
+
+    def post(self, path: str, body: bytes) -> UpstreamReply:
+        assert path == "/v1/embeddings"
+        doc = json.loads(body)
+        self.bodies.append(doc)
+        data = [{"index": i, "embedding": [float(len(x)), 1.0]} for i, x in enumerate(doc["input"])]
+        payload = (
+            self.body
+            or json.dumps({"data": data[::-1], "usage": {"prompt_tokens": 3 * len(data)}}).encode()
+        )
+        return UpstreamReply("http://a:1", 200, payload, 0.004)
+
+
+def make_executor(client: FakeClient) -> OpenAIEmbeddingsExecutor:
+    ex = OpenAIEmbeddingsExecutor("m", ["http://a:1"], "remote-m", UpstreamConfig(max_inflight=3))
+    ex.client = client  # type: ignore[assignment]
+    return ex
+
+
+def test_a_batch_is_one_upstream_call_split_back_in_order() -> None:
+    client = FakeClient()
+    ex = make_executor(client)
+    assert ex.instances == 3  # replicas x max_inflight
+    out = ex.run(["ab", "abcd", "abcdef"], 1)
+    assert client.bodies == [
+        {"model": "remote-m", "input": ["ab", "abcd", "abcdef"], "encoding_format": "base64"}
+    ]
+    assert [v.tolist() for v, _ in out] == [[2.0, 1.0], [4.0, 1.0], [6.0, 1.0]]
+    assert all(v.dtype == np.float32 for v, _ in out)
+    assert sum(n for _, n in out) == 9  # usage apportioned, the sum exact
+    assert ex.dim == 2
+    last = ex.last_call(1)
+    assert last is not None
+    assert last.replica == "http://a:1"
+    assert ex.last_call(0) is None
+
+
+def test_texts_and_token_arrays_go_in_separate_calls() -> None:
+    client = FakeClient()
+    out = make_executor(client).run(["abc", [1, 2], "d"], 0)
+    assert [b["input"] for b in client.bodies] == [["abc", "d"], [[1, 2]]]
+    assert [v[0] for v, _ in out] == [3.0, 2.0, 1.0]
+
+
+def test_an_answer_that_does_not_fit_the_batch_is_an_upstream_error() -> None:
+    ex = make_executor(FakeClient(body=b'{"data": [{"index": 0, "embedding": [1.0]}]}'))
+    with pytest.raises(UpstreamError) as e:
+        ex.run(["a", "b"], 0)
+    assert (e.value.status, e.value.reason) == (502, "upstream_error")
+    assert "1 embeddings for 2 inputs" in e.value.message
