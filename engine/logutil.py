@@ -41,6 +41,11 @@ class RateLimitedLog:
         # kind -> [start of the current interval, records dropped in it]
         self._kinds: dict[str, list[float]] = {}
 
+    def reset(self) -> None:
+        """Forget every kind (tests that count records start from a clean state)."""
+        with self._lock:
+            self._kinds.clear()
+
     def _admit(self, kind: str) -> int:
         """-1 to drop this record, else the count dropped before it in the last interval."""
         now = self._clock()

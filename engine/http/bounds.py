@@ -21,7 +21,6 @@ from engine.logutil import RateLimitedLog
 __all__ = ["Backlogged", "ProcessBounds", "derived_max_connections", "process_bounds"]
 
 log = logging.getLogger("infergate.http")
-limited_log = RateLimitedLog(log)
 
 FD_RESERVE_MIN = 64
 FD_RESERVE_MAX = 1024
@@ -67,6 +66,8 @@ class ProcessBounds:
             )
         self.max_body_memory = limits.max_body_memory_bytes or -1
         self.max_unsent = limits.max_unsent_bytes or -1
+        self.limited_log = RateLimitedLog(log)
+        """Warnings about these bounds: one per kind per 10 s."""
         self._lock = threading.Lock()
         # guarded by _lock
         self.connections = 0
@@ -84,7 +85,7 @@ class ProcessBounds:
                 return False
             self.connections = n + 1
         if n + 1 >= self.warn_connections:
-            limited_log.warning(
+            self.limited_log.warning(
                 "descriptors",
                 "%d connections open: near the cap of %d (descriptor limit %d)",
                 n + 1,
@@ -92,6 +93,15 @@ class ProcessBounds:
                 self.fd_limit,
             )
         return True
+
+    def note_refused(self) -> None:
+        """Log (rate-limited) that a connection was refused at the cap."""
+        self.limited_log.warning(
+            "max_connections",
+            "refusing new connections: %d open, limits.max_connections = %d",
+            self.connections,
+            self.max_connections,
+        )
 
     def close_connection(self) -> None:
         with self._lock:

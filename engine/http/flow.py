@@ -301,7 +301,7 @@ class ConnectionFlow:
     def _report_unsent(self, n: int) -> None:
         victim = self.ctx.bounds.report_unsent(self, n)
         if victim is not None:
-            limited_log.warning(
+            self.ctx.bounds.limited_log.warning(
                 "max_unsent_bytes",
                 "unsent response bytes over limits.max_unsent_bytes: cutting the connection "
                 "that holds the most",
@@ -322,7 +322,7 @@ class ConnectionFlow:
             self.send_deadline = now + ctx.send_timeout_s
             self._report_unsent(size)
         elif now >= self.send_deadline:
-            limited_log.warning(
+            ctx.bounds.limited_log.warning(
                 "send_timeout",
                 "closing a connection whose client read nothing for %.1f s (%d bytes unsent)",
                 ctx.send_timeout_s,

@@ -166,13 +166,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
         """Over ``max_connections``: close at once, log (rate-limited) and count."""
         ctx = self.ctx
         ctx.stats.connections_refused += 1
-        bounds = ctx.bounds
-        limited_log.warning(
-            "max_connections",
-            "refusing new connections: %d open, limits.max_connections = %d",
-            bounds.connections,
-            bounds.max_connections,
-        )
+        ctx.bounds.note_refused()
         self.closing = True
         assert self.transport is not None
         self.transport.abort()

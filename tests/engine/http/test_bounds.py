@@ -13,6 +13,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
 from engine.config import Limits
+from engine.http import flow
 from engine.http.bounds import ProcessBounds, derived_max_connections
 from engine.http.request import Request
 from engine.http.response import Response
@@ -43,6 +44,12 @@ def boom(_req: Request) -> Response:
 
 def echo(req: Request) -> Response:
     return Response(req.body, 200, b"application/octet-stream")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_error_log() -> None:
+    """Error logs are rate-limited process-wide: start each test with none recently logged."""
+    flow.limited_log.reset()
 
 
 @pytest.fixture
@@ -332,3 +339,14 @@ def test_rate_limited_log_counts_what_it_dropped(caplog: pytest.LogCaptureFixtur
         "other kind",
         "later 3 (2 more in the 10 s after the previous report)",
     ]
+
+
+def test_warnings_when_the_descriptor_limit_is_near(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "infergate.http"):
+        ProcessBounds(Limits(max_connections=5000), nofile=1024)
+        bounds = ProcessBounds(Limits(max_connections=10), nofile=1024)
+        opened = [bounds.open_connection() for _ in range(9)]
+    assert all(opened)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("max_connections = 5000 but the descriptor limit" in m for m in messages)
+    assert any(m.startswith("9 connections open: near the cap of 10") for m in messages)
