@@ -19,7 +19,8 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -46,6 +47,16 @@ MAX_WAIT_S = 3600.0
 Clock = Callable[[], float]
 
 
+@runtime_checkable
+class Measures(Protocol):
+    """An executor that tokenises items before they are queued (text models)."""
+
+    def lengths(self, items: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        """The items as the executor will take them, and each one's token length.
+        Thread-safe."""
+        ...
+
+
 class Batcher:
     """Queues and batches one model's requests onto its executor."""
 
@@ -59,6 +70,8 @@ class Batcher:
         """Largest ``max_batch_size`` this model accepts, at start and for every runtime
         change; fixed at start (``ModelRegistry.load`` recomputes it once the executor knows
         its model)."""
+        self.max_batch_tokens: int = getattr(cfg, "max_batch_tokens", 0)
+        """Token budget of a batch (rows x longest item); 0: batches count items only."""
         self.queues = PriorityQueues(cfg.priorities)
         self.stats = ModelStats(cfg.priorities.levels)
         lock = threading.Lock()
@@ -95,6 +108,8 @@ class Batcher:
             Rejection: 429 queue full (with Retry-After), 503 ``shutting_down`` after
             ``shed_queued`` or ``close``.
         """
+        if req.lengths is None and isinstance(self.executor, Measures):
+            self._measure(req)
         with self._cond:
             if self._shedding:
                 self.stats.rejected[SHUTTING_DOWN] += 1
@@ -109,6 +124,20 @@ class Batcher:
             self._cond.notify()
             if req.deadline is not None:
                 self._timer.notify()
+
+    def _measure(self, req: InferRequest) -> None:
+        """Tokenise ``req``'s items on the submitting thread, outside the lock, so the token
+        budget knows their lengths and the executor does not tokenise them again."""
+        assert isinstance(self.executor, Measures)
+        try:
+            items, lengths = self.executor.lengths(req.items)
+        except Exception as e:
+            log.warning("model %s: cannot tokenise a request: %s", self.name, e)
+            self.stats.rejected[EXECUTOR_ERROR] += 1
+            raise Rejection(500, EXECUTOR_ERROR, f"model {self.name} cannot tokenise: {e}") from e
+        if len(items) != req.n or len(lengths) != req.n:
+            raise Rejection(500, EXECUTOR_ERROR, f"model {self.name}: tokenising lost items")
+        req.items, req.lengths = items, lengths
 
     def cancel(self, req: InferRequest) -> bool:
         """Drop the parts of ``req`` not yet started, because its client went away. Thread-safe.
@@ -267,7 +296,13 @@ class Batcher:
                 ready, oldest = q.ready(head.key, cfg.max_batch_size)
                 d = decide(cfg, ready, head.n - head.taken, oldest, now)
                 if d.take:
-                    parts = q.take(head.key, d.take, single=cfg.policy == "off")
+                    single = cfg.policy == "off"
+                    budget = self.max_batch_tokens
+                    parts = (
+                        q.take_tokens(head.key, d.take, budget, single)
+                        if budget
+                        else q.take(head.key, d.take, single=single)
+                    )
                     if q.head() is not None:
                         self._cond.notify()  # more work: wake another free slot
                     return parts

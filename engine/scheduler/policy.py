@@ -7,6 +7,8 @@ unit-tested with plain numbers.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.config import BatchingConfig
@@ -51,3 +53,75 @@ def decide(
     if now >= due:
         return Decision(ready_items)
     return Decision(0, due)
+
+
+# ---- token-budget batching (padding-aware) ---------------------------------------------------
+
+SIMILAR = 0.5
+"""Token-budget batches keep inputs of similar length together: every item of a batch is at
+least this fraction of the batch's longest, so at least this fraction of the padded cost
+(rows x longest) is real tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One queued request's untaken items, as the token planner sees them."""
+
+    level: int
+    """Priority level (1 = highest)."""
+    lengths: Sequence[int]
+    """Token length of every item of the request (all of them, taken or not)."""
+    start: int
+    """First untaken item."""
+
+
+def _bucket(length: int, ref: int) -> int:
+    """Half-octave distance between ``length`` and ``ref``: 0 within x1.41, 1 within x2..."""
+    return int(abs(math.log2(max(length, 1) / max(ref, 1))) * 2)
+
+
+def plan_token_batch(
+    candidates: Sequence[Candidate], max_items: int, max_tokens: int, single: bool = False
+) -> list[tuple[int, int]]:
+    """The next batch under a token budget: ``(candidate index, items)`` pairs, each taking
+    that many of the candidate's untaken items from its ``start`` on.
+
+    ``candidates[0]`` is the head (the oldest request of the highest level); the rest follow in
+    priority order, FIFO inside a level. The head is always in the batch, with as many of its
+    items as fit (at least one: an item longer than ``max_tokens`` runs alone), so every request
+    reaches a batch after at most one batch per request queued ahead of it. The rest is filled
+    from the head's level first, then lower levels, nearest in length to the batch first (FIFO
+    among similar lengths), while the cost ``rows x longest`` stays within ``max_tokens``,
+    rows within ``max_items``, and every item at least ``SIMILAR`` of the longest. With
+    ``single`` only the head is taken from (batching off).
+    """
+    if not candidates or max_items <= 0:
+        return []
+    head = candidates[0]
+    first = head.lengths[head.start]
+    rows, longest, shortest = 1, first, first
+    take = [1] + [0] * (len(candidates) - 1)
+    if first >= max_tokens:
+        return [(0, 1)]  # alone: never hangs, never exceeds the budget with company
+    order = [0] if single else [0, *sorted(
+        range(1, len(candidates)),
+        key=lambda i: (candidates[i].level, _bucket(_next_len(candidates[i]), first), i),
+    )]  # fmt: skip
+    for i in order:
+        c = candidates[i]
+        j = c.start + take[i]
+        while j < len(c.lengths) and rows < max_items:
+            n = c.lengths[j]
+            top, low = max(longest, n), min(shortest, n)
+            if (rows + 1) * top > max_tokens or low < SIMILAR * top:
+                break
+            rows, longest, shortest = rows + 1, top, low
+            take[i] += 1
+            j += 1
+        if rows >= max_items:
+            break
+    return [(i, k) for i, k in enumerate(take) if k]
+
+
+def _next_len(c: Candidate) -> int:
+    return c.lengths[c.start]

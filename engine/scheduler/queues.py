@@ -9,10 +9,11 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from engine.config import PrioritiesConfig
+from engine.scheduler.policy import Candidate, plan_token_batch
 
 # Reasons carried by rejections: in the JSON error, the X-Infergate-Drop-Reason header, metrics.
 QUEUE_FULL = "queue_full"
@@ -53,6 +54,7 @@ class InferRequest:
         "finished",
         "items",
         "key",
+        "lengths",
         "level",
         "loop",
         "n",
@@ -70,9 +72,13 @@ class InferRequest:
         deliver: Callable[[InferRequest], None],
         timeout_s: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        lengths: list[int] | None = None,
     ) -> None:
         self.items = items
         self.n = len(items)
+        self.lengths = lengths
+        """Token length of each item (set before queueing for text models; None: unknown,
+        each item counts as one token in a token budget)."""
         self.key = key
         self.level = level
         """Priority level, 1 = highest."""
@@ -285,3 +291,66 @@ class PriorityQueues:
             if left == 0:
                 break
         return parts
+
+    def take_tokens(
+        self, key: Hashable, max_items: int, max_tokens: int, single: bool = False
+    ) -> list[Part]:
+        """Remove the next token-budget batch under ``key`` (``policy.plan_token_batch``).
+
+        The head request (highest level, oldest) is always in it; the other candidates are the
+        first ``LOOKAHEAD`` requests under ``key`` in priority order. As in ``take``, a request
+        with items left over goes to the back of its level.
+        """
+        cands: list[InferRequest] = []
+        for q in self.levels:
+            for req in q:
+                if req.key == key:
+                    cands.append(req)
+                    if len(cands) >= LOOKAHEAD:
+                        break
+            if len(cands) >= LOOKAHEAD:
+                break
+        plan = plan_token_batch(
+            [Candidate(r.level, r.lengths or _Ones(r.n), r.taken) for r in cands],
+            max_items, max_tokens, single,
+        )  # fmt: skip
+        parts: list[Part] = []
+        for i, k in plan:
+            req = cands[i]
+            parts.append((req, req.taken, req.taken + k))
+            req.taken += k
+            self.items -= k
+            self.level_items[req.level - 1] -= k
+        touched = {id(req) for req, _, _ in parts}
+        for level, q in enumerate(self.levels, 1):
+            if any(req.level == level for req, _, _ in parts):
+                rest = [r for r in q if id(r) not in touched]
+                rest += [r for r, _, _ in parts if r.level == level and r.taken < r.n]
+                q.clear()
+                q.extend(rest)
+        for req, _, end in parts:
+            if end == req.n:
+                req.deadline = None  # every part runs: deadlines apply while queued
+        return parts
+
+
+LOOKAHEAD = 256
+"""Requests a token-budget batch is chosen among (the head and the next ones under its key):
+bounds the work under the Batcher's lock."""
+
+
+class _Ones(Sequence[int]):
+    """Lengths of a request whose items were not measured: one token each."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [1] * len(range(*i.indices(self.n)))
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return 1
