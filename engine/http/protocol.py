@@ -10,6 +10,10 @@ llhttp already rejects most request-smuggling vectors (CL with TE, duplicate CL,
 before a colon, obs-fold, bare CR/LF, control bytes, a TE list not ending in chunked). This
 module adds: Host count, TE in HTTP/1.0, transfer codings other than chunked (501), versions
 other than 1.0/1.1 (505), methods outside the supported set (501), and every size limit.
+
+The output side (writes, flow control, streamed bodies) and the bounds on what one client can
+pin (held-back pipelined requests, send timeout, body memory, unsent bytes) are in
+``engine.http.flow``; the process-wide counters in ``engine.http.bounds``.
 """
 
 from __future__ import annotations
