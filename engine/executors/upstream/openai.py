@@ -61,6 +61,11 @@ class OpenAIEmbeddingsExecutor(UpstreamExecutor):
         self.dim: int | None = None
         """Length of the upstream's vectors, learnt from its first answer (None before)."""
 
+    def embedding_dim(self) -> int | None:
+        """The upstream's vector length once known (what the APIs check ``dimensions``
+        against); None before its first answer. Any thread."""
+        return self.dim
+
     def after_first_check(self) -> None:
         """Learn the vector length with one tiny call; a failure is only logged."""
         try:
