@@ -21,11 +21,11 @@ from engine.http.static import StaticFiles
 from engine.models.metrics import ModelCollector
 from engine.models.registry import ModelRegistry
 from engine.net.reactor import MainReactor, SubReactor, open_listeners
-
-_LOOPBACK = ("127.", "::1", "localhost")
 from engine.stats import HttpCollector
 
 log = logging.getLogger("infergate")
+
+_LOOPBACK = ("127.", "::1", "localhost")
 
 
 class Server:
@@ -121,6 +121,7 @@ class Server:
         self.main = MainReactor(
             self.subs, listeners, cfg.accept_mode, cfg.limits.drain_timeout_ms / 1000
         )
+        self.main.on_cutoff = self._shed_queued
         host, port = listeners[0].getsockname()[:2]
         self.address = (host, port)
         return host, port
@@ -151,10 +152,24 @@ class Server:
             self.file_executor.shutdown(wait=False, cancel_futures=True)
 
     def is_draining(self) -> bool:
-        """True once graceful shutdown has begun. Thread-safe (reads flags)."""
-        return any(s.ctx.shutting_down for s in self.subs)
+        """True once graceful shutdown has begun (during ``drain_grace_ms`` too, while the
+        listener still accepts). Thread-safe (reads flags)."""
+        main = self.main
+        return (main is not None and main.draining) or any(s.ctx.shutting_down for s in self.subs)
+
+    def _shed_queued(self) -> None:
+        """The drain cut-off: answer every queued request 503 ``shutting_down`` so nothing
+        computes for a client that is about to be cut; running batches finish."""
+        shed = self.models.shed_queued()
+        if shed:
+            log.info("drain cut-off: answered %d queued request(s) 503 shutting_down", shed)
 
     def stop(self) -> None:
-        """Begin graceful shutdown. Thread-safe."""
-        if self.main is not None:
-            self.main.request_stop()
+        """Begin graceful shutdown; a second call skips what is left of ``drain_grace_ms``.
+        Thread-safe, and harmless once the server has stopped."""
+        main = self.main
+        if main is not None and not main.loop.is_closed():
+            try:
+                main.request_stop()
+            except RuntimeError:
+                pass  # the loop closed between the check and the call: already stopped
