@@ -47,10 +47,11 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     connections are closed at once, logged and counted."""
     max_body_memory_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 36)] = 256 * 1024 * 1024
     """Request bodies held in memory across all connections (being received or in flight);
-    a request that would exceed it gets 503 with Retry-After."""
+    a request that would exceed it gets 503 with Retry-After. 0 = no cap."""
     max_unsent_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 36)] = 256 * 1024 * 1024
-    """Computed-but-unsent response bytes across all connections (memory held for slow
-    readers); beyond it the connection that holds the most is closed."""
+    """Computed-but-unsent response bytes across the connections above their write high-water
+    mark (memory held for slow readers); beyond it the connection that holds the most is
+    closed. 0 = no cap."""
     drain_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=3600 * 1000)] = 0
     """On shutdown, keep accepting and serving this long first while ``/healthz`` answers
     503, so load balancers move traffic away before the listener closes."""
