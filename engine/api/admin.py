@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from engine.api.common import BODY_TOO_LARGE, ApiError, invalid
 from engine.control import Control, ControlError
 from engine.http.request import Request
 from engine.http.response import Response, error_response, json_response
@@ -23,31 +24,31 @@ ADMIN_ACTOR = "admin"
 """Who the audit log names for changes made through this API (one shared admin identity)."""
 
 
-class BodyError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def decode_body(body: bytes) -> Any:
     """The JSON value of an admin request body.
 
     Raises:
-        BodyError: 413 over ``MAX_ADMIN_BODY_BYTES``; 400 invalid JSON, invalid UTF-8 inside
+        ApiError: 413 over ``MAX_ADMIN_BODY_BYTES``; 400 invalid JSON, invalid UTF-8 inside
             a string (msgspec raises UnicodeDecodeError), or nesting deeper than the
             interpreter's recursion limit (RecursionError).
     """
     if len(body) > MAX_ADMIN_BODY_BYTES:
-        raise BodyError(413, f"admin request bodies are limited to {MAX_ADMIN_BODY_BYTES} bytes")
+        raise ApiError(
+            413, BODY_TOO_LARGE, f"admin request bodies are limited to {MAX_ADMIN_BODY_BYTES} bytes"
+        )
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as e:
-        raise BodyError(400, f"invalid JSON: {e}") from None
+        raise invalid(f"invalid JSON: {e}") from None
     except UnicodeDecodeError:
-        raise BodyError(400, "invalid JSON: strings must be valid UTF-8") from None
+        raise invalid("invalid JSON: strings must be valid UTF-8") from None
     except RecursionError:
-        raise BodyError(400, "invalid JSON: nested too deeply") from None
+        raise invalid("invalid JSON: nested too deeply") from None
+
+
+def admin_error(e: ApiError | ControlError) -> Response:
+    """The admin plane's answer to every error its routes catch (one place)."""
+    return error_response(e.status, e.message)
 
 
 def add_admin_routes(router: Router, control: Control) -> None:
@@ -61,17 +62,14 @@ def add_admin_routes(router: Router, control: Control) -> None:
             return error_response(404, f"no admin route {req.path}")
         try:
             changes = decode_body(req.body)
-        except BodyError as e:
-            return error_response(e.status, e.message)
-        try:
             if what == "priorities":
                 if not isinstance(changes, dict) or set(changes) != {"default"}:
                     raise ControlError(400, 'send {"default": LEVEL}: only the default can change')
                 level = control.set_default_priority(name, changes["default"], actor=ADMIN_ACTOR)
                 return json_response({"model": name, "priorities": {"default": level}})
             cfg = control.update_batching(name, changes, actor=ADMIN_ACTOR)
-        except ControlError as e:
-            return error_response(e.status, e.message)
+        except (ApiError, ControlError) as e:
+            return admin_error(e)
         return json_response({"model": name, "batching": msgspec.to_builtins(cfg)})
 
     router.add(["GET"], "/admin/models", models)

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from engine.executors.spec import InputError
 from engine.http.request import Request
 from engine.http.response import Headers, Response, error_response
 from engine.scheduler.batcher import Batcher
@@ -39,14 +40,33 @@ _MAX_DIGITS = 18
 """Longest numeric header value read (below 2**63): ``int()`` of 4,301+ digits raises."""
 
 
-class ApiError(Exception):
-    """A request the API refuses before it reaches a queue."""
+class ApiError(Rejection):
+    """A request the API refuses before it reaches a queue.
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
+    The one error type that carries an HTTP answer: it is a ``Rejection`` (the scheduler's
+    refusals: queue full, deadline, executor error, shutdown), so a route catches
+    ``HTTP_ERRORS`` once and turns them into a response in one function per API shape
+    (``api_error_response`` for OpenAI's, ``kserve_error_response`` for KServe's, the admin
+    plane's ``admin_error``).
+    """
+
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, reason, message, retry_after)
+
+
+HTTP_ERRORS = (Rejection, InputError)
+"""What a route catches: ApiError and the scheduler's Rejection, and the model spec's
+InputError (a request that does not fit the model: 400 naming the input)."""
+
+
+def http_error(e: Rejection | InputError) -> Rejection:
+    """``e`` as the one error type: an InputError (or ShapeError) becomes a 400
+    ``invalid_input`` whose message names the input (and the expected and received shape)."""
+    if isinstance(e, InputError):
+        return ApiError(400, INVALID_INPUT, str(e))
+    return e
 
 
 def invalid(message: str) -> ApiError:
@@ -68,8 +88,10 @@ def error(status: int, reason: str, message: str, retry_after: float | None = No
     return error_response(status, message, err_type=err_type, code=reason, headers=headers)
 
 
-def api_error_response(e: ApiError | Rejection) -> Response:
-    return error(e.status, e.reason, e.message, getattr(e, "retry_after", None))
+def api_error_response(e: Rejection | InputError) -> Response:
+    """The OpenAI-shaped answer to any error a route catches (``HTTP_ERRORS``)."""
+    r = http_error(e)
+    return error(r.status, r.reason, r.message, r.retry_after)
 
 
 def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes | memoryview, what: str) -> Any:

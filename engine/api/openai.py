@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.api.common import (
     BODY_TOO_LARGE,
+    HTTP_ERRORS,
     MAX_INPUTS,
     MODEL_NOT_FOUND,
     ApiError,
@@ -25,7 +26,6 @@ from engine.http.request import Request
 from engine.http.response import Response, json_response
 from engine.http.router import Router
 from engine.models.registry import ModelRegistry
-from engine.scheduler.queues import Rejection
 
 MAX_TOKEN_ID = 2**31 - 1
 MAX_BODY_BYTES = 1024 * 1024
@@ -92,13 +92,13 @@ def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid(f"model {body.model} serves task '{cfg.task}', not embeddings")
             if body.encoding_format not in ("float", "base64"):
                 raise invalid("encoding_format must be 'float' or 'base64'")
-            dim = getattr(batcher.executor, "dim", None) or cfg.dim
+            dim = batcher.executor.embedding_dim() or cfg.dim
             if body.dimensions is not None and body.dimensions != dim:
                 raise invalid(f"model {body.model} only supports dimensions={dim}")
-            items = parse_inputs(body.input, getattr(batcher.executor, "vocab_size", None))
+            items = parse_inputs(body.input, batcher.executor.vocab_size)
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             done = await infer(req, batcher, items, _EMBED_KEY, level, timeout)
-        except (ApiError, Rejection) as e:
+        except HTTP_ERRORS as e:
             return api_error_response(e)
         as_b64 = body.encoding_format == "base64"
         data = []

@@ -1,12 +1,15 @@
-"""The executor interface: what the Batcher needs from a model runtime."""
+"""The executor interface: what the Batcher needs from a model runtime, and what the APIs
+need to know about the model (its ``ModelSpec``: inputs, outputs, batch limits)."""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from engine.executors.spec import Array, ModelSpec, batch_key, check_inputs
 
 Outputs = Sequence[Any] | np.ndarray[Any, Any]
 """One output per item, in order: a sequence, or an array whose first axis is the item."""
@@ -30,6 +33,12 @@ class Executor(abc.ABC):
 
     kind: str = "?"
     simulated: bool = False
+    spec: ModelSpec | None = None
+    """What the model takes and returns; valid after ``load`` (None: this executor publishes
+    none, e.g. a gateway model whose upstream says nothing). Read-only once loaded, by any
+    thread; the APIs build metadata and validate requests from it and never probe."""
+    vocab_size: int | None = None
+    """Token ids an embeddings model accepts (``0..vocab_size-1``), None when unknown."""
 
     def __init__(self, instances: int) -> None:
         self.instances = instances
@@ -52,6 +61,34 @@ class Executor(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources. Called once after the last ``run``."""
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run one batch at each size so no client pays the runtime's first-call cost; returns
+        the seconds per size. Called on the loading thread after ``load``, before serving.
+        The default does nothing (the simulator and tokenizing executors need none)."""
+        return {}
+
+    def embedding_dim(self) -> int | None:
+        """Length of the vectors an embeddings model returns: the last dimension of its first
+        output in ``spec``; None when unknown (no spec, or a dynamic dimension)."""
+        if self.spec is None or not self.spec.outputs:
+            return None
+        shape = self.spec.outputs[0].shape
+        return shape[-1] if shape and shape[-1] > 0 else None
+
+    def accept(self, tensors: Mapping[str, tuple[str, Any]]) -> tuple[tuple[Array, ...], Hashable]:
+        """A tensor request's arrays (in the spec's input order) and its batch key.
+
+        ``tensors`` maps each input name to ``(datatype, array)`` as the API decoded it. Called
+        on a sub-reactor (or the codec thread) before anything is queued; reads only ``spec``.
+
+        Raises:
+            InputError: the request does not fit the model (the message names the input).
+        """
+        if self.spec is None:
+            raise ExecutorError(f"{self.kind} executor publishes no model spec")
+        arrays = check_inputs(self.spec, tensors)
+        return arrays, batch_key(self.spec, arrays)
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``/v1/models`` and the admin API."""

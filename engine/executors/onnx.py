@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.executors.base import Executor, ExecutorError, Outputs
+from engine.executors.spec import embedding_spec
 from engine.models.embeddings import mean_pool_normalize
 
 BATCH_MEMORY_BUDGET = 2 << 30
@@ -107,6 +108,7 @@ class OnnxEmbeddingExecutor(Executor):
         tok.enable_truncation(self.max_tokens)
         self.tokenizer = tok
         self.vocab_size = tok.get_vocab_size()
+        self.spec = embedding_spec(self.dim, self.batch_limit())
 
     def batch_limit(self) -> int:
         """``BATCH_MEMORY_BUDGET`` over the activations of one item at ``max_tokens``: 88 for

@@ -42,6 +42,8 @@ class OnnxTensorExecutor(Executor):
     """Any ONNX model on ONNX Runtime; items and outputs are tuples of arrays (see module)."""
 
     kind = "onnxruntime"
+    spec: ModelSpec
+    """Always set (empty until ``load``)."""
 
     def __init__(
         self,

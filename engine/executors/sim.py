@@ -3,6 +3,11 @@
 Latency ``base_us + per_item_us * items`` (``time.sleep`` releases the GIL, like a GPU call),
 ``instances`` slots, deterministic outputs: embeddings are unit vectors seeded by a hash of the
 input; tensors are ``2 * x + 1``. ``error_rate`` fails that fraction of batches.
+
+Its spec (per task): embeddings take ``TEXT`` and return ``EMBEDDING [-1, dim]``; tensors take
+``INPUT0`` and return ``OUTPUT0`` of the same datatype and shape. The tensor model is the one
+polymorphic model here: it publishes FP32 ``[-1, -1]`` but accepts every numeric datatype and
+any rank (``accept``), and requests merge only with the same datatype and row shape.
 """
 
 from __future__ import annotations
@@ -10,11 +15,20 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 
 from engine.executors.base import Executor, Outputs
+from engine.executors.spec import (
+    Array,
+    InputError,
+    ModelSpec,
+    ShapeError,
+    TensorSpec,
+    embedding_spec,
+)
 
 SIM_BATCH_LIMIT = 1024
 """The simulator's batch ceiling (its memory per item is a few KiB)."""
@@ -34,8 +48,18 @@ def _tokens(item: Any) -> int:
     return len(item.split()) if isinstance(item, str) else len(item)
 
 
+def _tensor_spec(max_batch_size: int) -> ModelSpec:
+    return ModelSpec(
+        (TensorSpec("INPUT0", "FP32", (-1, -1)),),
+        (TensorSpec("OUTPUT0", "FP32", (-1, -1)),),
+        max(1, max_batch_size),
+        True,
+    )
+
+
 class SimExecutor(Executor):
-    """Embeddings: ``(unit vector, token count)`` per item; tensors: ``2 * row + 1``."""
+    """Embeddings: ``(unit vector, token count)`` per item; tensors: items and outputs are
+    one-tuples of a row (``(2 * row + 1,)``), as ``OnnxTensorExecutor``'s."""
 
     kind = "sim"
     simulated = True
@@ -48,6 +72,7 @@ class SimExecutor(Executor):
         base_us: int,
         per_item_us: int,
         error_rate: float = 0.0,
+        max_batch_size: int = 32,
     ) -> None:
         super().__init__(instances)
         self.task = task
@@ -56,6 +81,28 @@ class SimExecutor(Executor):
         self.per_item_us = per_item_us
         self.error_rate = error_rate
         self._rng = random.Random(0)
+        self.spec = (
+            embedding_spec(dim, max_batch_size)
+            if task == "embeddings"
+            else _tensor_spec(max_batch_size)
+        )
+
+    def accept(self, tensors: Mapping[str, tuple[str, Any]]) -> tuple[tuple[Array, ...], Hashable]:
+        """``INPUT0`` of any numeric datatype and rank; the key holds both (see module)."""
+        if self.task == "embeddings":
+            return super().accept(tensors)
+        for name in tensors:
+            if name != "INPUT0":
+                raise InputError(name, f"unknown input {name} (the model takes INPUT0)")
+        got = tensors.get("INPUT0")
+        if got is None:
+            raise InputError("INPUT0", "missing input INPUT0 (any numeric datatype, [-1, ...])")
+        datatype, arr = got
+        if datatype in ("BYTES", "BF16"):
+            raise InputError("INPUT0", f"input INPUT0: expected a numeric datatype, got {datatype}")
+        if arr.ndim < 1 or arr.shape[0] == 0:
+            raise ShapeError("INPUT0", (-1,), arr.shape)
+        return (arr,), (datatype, arr.shape[1:])
 
     def run(self, items: list[Any], slot: int) -> Outputs:
         t0 = time.perf_counter()
@@ -64,7 +111,7 @@ class SimExecutor(Executor):
             # (vector, token count); the simulator counts whitespace-separated words
             out = [(sim_vector(x, self.dim), _tokens(x)) for x in items]
         else:
-            out = np.stack(items) * 2 + 1
+            out = [(row,) for row in np.stack([item[0] for item in items]) * 2 + 1]
         # The modelled latency includes producing the outputs, as a GPU call includes its copy.
         left = (self.base_us + self.per_item_us * len(items)) / 1e6 - (time.perf_counter() - t0)
         if left > 0:

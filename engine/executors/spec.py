@@ -214,6 +214,17 @@ class ModelSpec(msgspec.Struct, frozen=True):
         return doc
 
 
+def embedding_spec(dim: int, max_batch_size: int) -> ModelSpec:
+    """The spec of an embeddings model over KServe: ``TEXT`` BYTES ``[-1]`` (one text per row)
+    to ``EMBEDDING`` FP32 ``[-1, dim]`` (``dim`` ``<= 0``: not known, published as -1)."""
+    return ModelSpec(
+        (TensorSpec("TEXT", "BYTES", (-1,)),),
+        (TensorSpec("EMBEDDING", "FP32", (-1, dim if dim > 0 else -1)),),
+        max(1, max_batch_size),
+        True,
+    )
+
+
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     """Rank and every fixed dimension must match (a batched model's dimension 0 is -1)."""
     want = spec.shape

@@ -27,6 +27,7 @@ import numpy as np
 
 from engine.executors.base import ExecutorError, Outputs
 from engine.executors.onnx import OnnxEmbeddingExecutor
+from engine.executors.spec import embedding_spec
 from engine.models.embeddings import mean_pool_normalize
 
 log = logging.getLogger("infergate.tensorrt")
@@ -116,6 +117,7 @@ class TensorRTEmbeddingExecutor(OnnxEmbeddingExecutor):
             self._slots.append(self._make_slot())
         self.dim = int(self._engine.get_tensor_shape(self._slots[0]["out"])[-1])
         self.max_batch = self.max_batch_size
+        self.spec = embedding_spec(self.dim, self.max_batch_size)
 
     def _load_tokenizer(self) -> None:
         from tokenizers import Tokenizer  # noqa: PLC0415

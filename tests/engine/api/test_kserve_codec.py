@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.api.common import ApiError
-from engine.api.kserve import JSON_CHUNK, _json_array, decode_input
+from engine.api.kserve_codec import JSON_CHUNK, decode_input, json_array
 
 
 def test_json_tensor_decodes_to_the_declared_shape_and_dtype() -> None:
@@ -106,4 +106,4 @@ def test_oversized_or_out_of_range_inputs_are_400_not_500(
 @pytest.mark.parametrize("n", [0, 1, JSON_CHUNK - 1, JSON_CHUNK, 2 * JSON_CHUNK + 5])
 def test_json_answer_encoded_in_slices_equals_one_encode(n: int) -> None:
     arr = (np.arange(n, dtype=np.float32) / 3).reshape(-1, 1)
-    assert json.loads(_json_array(arr)) == arr.reshape(-1).tolist()
+    assert json.loads(json_array(arr)) == arr.reshape(-1).tolist()

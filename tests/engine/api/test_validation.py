@@ -22,7 +22,7 @@ from engine.api.common import (
     digits,
     priority_and_timeout,
 )
-from engine.api.kserve import DTYPES, MAX_DIMS, _timeout_ms, decode_input, json_tensor
+from engine.api.kserve_codec import DTYPES, MAX_DIMS, decode_input, json_tensor, timeout_ms
 from engine.api.openai import parse_inputs
 from engine.config import LevelConfig, PrioritiesConfig
 from engine.http.request import Request
@@ -108,12 +108,12 @@ def test_body_timeout_inside_the_range_is_kept(timeout: float, seconds: float) -
 
 @pytest.mark.parametrize("timeout_us", [True, False, "1000", 999, 0.5, 3_600_000_001, [1]])
 def test_kserve_timeout_must_be_a_number_of_microseconds(timeout_us: Any) -> None:
-    assert "microseconds" in refused(_timeout_ms, timeout_us)
+    assert "microseconds" in refused(timeout_ms, timeout_us)
 
 
 @pytest.mark.parametrize(("timeout_us", "ms"), [(None, None), (0, None), (1000, 1.0)])
 def test_kserve_timeout_zero_is_none(timeout_us: Any, ms: float | None) -> None:
-    assert _timeout_ms(timeout_us) == ms
+    assert timeout_ms(timeout_us) == ms
 
 
 # --- per-request text limits ---------------------------------------------------------------
