@@ -130,6 +130,7 @@ def write_text_folder(
     normalize: bool = False,
     max_seq_length: int | None = None,
     prompts: Mapping[str, str] | None = None,
+    default_prompt: str | None = None,
     multi_label: bool = False,
     onnx_subfolder: bool = False,
     seed: int = 0,
@@ -169,7 +170,7 @@ def write_text_folder(
         )
     if prompts:
         (folder / "config_sentence_transformers.json").write_text(
-            json.dumps({"prompts": dict(prompts), "default_prompt_name": None})
+            json.dumps({"prompts": dict(prompts), "default_prompt_name": default_prompt})
         )
     if labels or multi_label:
         hf: dict[str, Any] = {"id2label": {str(i): v for i, v in enumerate(labels)}}
