@@ -10,10 +10,11 @@ import threading
 from typing import Any
 
 from app import keys_cli
-from app.config import ConfigError, load_config
+from app.config import ConfigError, LoadedConfig, load_config
 from app.runtime import JsonFormatter, ServerView, reload_batching
 from engine import __version__
 from engine.executors.base import ExecutorError
+from engine.models.repository import RepositoryError, check_repository, describe_entry
 from engine.server import Server
 
 log = logging.getLogger("infergate")
@@ -34,9 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sub-reactors", metavar="N", type=int, help="override `sub_reactors` (0: one per core)"
     )
+    p.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="override `model_repository` (a folder of model folders, relative to the current "
+        "folder)",
+    )
     p.add_argument("--headless", action="store_true", help="run without the terminal dashboard")
     p.add_argument(
-        "--check-config", action="store_true", help="validate the config and exit (0 if valid)"
+        "--check-config",
+        action="store_true",
+        help="validate the config and the whole model repository without loading any model, "
+        "and exit (0 if valid, 2 if not)",
     )
     p.add_argument("--version", action="version", version=f"infergate {__version__}")
     return p
@@ -65,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["admin_listen"] = args.admin_listen
     if args.sub_reactors is not None:
         overrides["sub_reactors"] = args.sub_reactors
+    if args.model_repository is not None:
+        overrides["model_repository"] = os.path.abspath(args.model_repository)
     try:
         loaded = load_config(args.config, overrides)
     except ConfigError as e:
@@ -72,13 +84,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = loaded.server
     if args.check_config:
-        print(f"config OK: {loaded.source}")
-        return 0
+        return _check_config(loaded)
     tui = not args.headless and sys.stdout.isatty() and sys.stdin.isatty()
     # headless with access logging on: structured JSON lines for log shippers
     _setup_logging(json_lines=not tui and cfg.access_log)
     if loaded.static_root is None:
         log.warning("no static files: folder %r not found", cfg.static_root)
+    if loaded.model_repository is not None:
+        log.info(
+            "model repository %s: %d model(s)", loaded.model_repository, len(loaded.repository)
+        )
+        for entry in loaded.repository:
+            log.info("model repository: %s", describe_entry(entry))
     try:
         server = Server(cfg, loaded.static_root, loaded.base_dir)
         host, port = server.start()
@@ -111,6 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         on_sighup=lambda: reload_batching(server, args.config, overrides),
     )
     return 0 if cut == 0 else 3
+
+
+def _check_config(loaded: LoadedConfig) -> int:
+    """``--check-config``: the config has validated; check every model of the repository too
+    (each ``model.toml``, each model file, each ONNX graph's tensors) without loading any."""
+    if loaded.model_repository is not None:
+        try:
+            lines = check_repository(loaded.model_repository)
+        except RepositoryError as e:
+            print(f"infergate: model repository {loaded.model_repository}:\n{e}", file=sys.stderr)
+            return 2
+        for line in lines:
+            print(f"model {line}")
+    print(f"config OK: {loaded.source}")
+    return 0
 
 
 def _run_dashboard(server: Server, status: str, path: str | None, overrides: dict[str, Any]) -> int:

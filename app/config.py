@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from engine.config import ServerConfig
+from engine.models.repository import RepoEntry, RepositoryError, merge_models, scan_repository
 
 MAX_CONFIG_BYTES = 1 << 20
 """A config file is a few kB; anything over 1 MiB is refused unread (a path replaced by a
@@ -30,6 +31,10 @@ class LoadedConfig:
     """The file it came from, or ``<built-in default> (PATH)``."""
     base_dir: str
     """Folder that relative paths in the config are relative to."""
+    model_repository: str | None = None
+    """Absolute path of the model repository, None when there is none."""
+    repository: tuple[RepoEntry, ...] = ()
+    """The repository's models as scanned (their configs are in ``server.models`` too)."""
 
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.toml")
@@ -56,6 +61,7 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
         server = msgspec.convert(raw, ServerConfig)
     except msgspec.ValidationError as e:
         raise ConfigError(f"config {source}: {e}") from None
+    server, repo_path, entries = _with_repository(server, base_dir, source)
     resolved = os.path.normpath(os.path.join(base_dir, server.static_root))
     static_root: str | None = resolved
     if not os.path.isdir(resolved):
@@ -65,7 +71,30 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
                 f"(resolved to {resolved})"
             )
         static_root = None
-    return LoadedConfig(server, static_root, source, base_dir)
+    return LoadedConfig(server, static_root, source, base_dir, repo_path, entries)
+
+
+def _with_repository(
+    server: ServerConfig, base_dir: str, source: str
+) -> tuple[ServerConfig, str | None, tuple[RepoEntry, ...]]:
+    """``server`` with the model repository's models after its ``[[models]]`` (the folder
+    relative to the config file; ``--model-repository`` passes an absolute one), the
+    repository's absolute path and its entries. Every folder is validated (``model.toml``,
+    the model file exists); no model is loaded.
+
+    Raises:
+        ConfigError: a broken folder (one line each), or a name defined both in ``[[models]]``
+            and in the repository, naming both places.
+    """
+    if not server.model_repository:
+        return server, None, ()
+    path = os.path.normpath(os.path.join(base_dir, server.model_repository))
+    try:
+        entries = tuple(scan_repository(path))
+        models = merge_models(server.models, entries, source)
+    except RepositoryError as e:
+        raise ConfigError(f"config {source}: {e}") from None
+    return msgspec.structs.replace(server, models=models), path, entries
 
 
 def _read_capped(path: str) -> bytes:
