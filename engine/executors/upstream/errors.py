@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.scheduler.queues import Rejection
+
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 """No replica could take the call (all ejected, refused or reset), or the connection to the
 chosen replica broke before a response arrived: 502."""
@@ -12,11 +14,12 @@ UPSTREAM_ERROR = "upstream_error"
 carrying the upstream's status and message."""
 
 
-class UpstreamError(Exception):
+class UpstreamError(Rejection):
     """A failed upstream call: the whole batch fails with ``status`` and ``reason``.
 
-    ``str(e)`` starts with the reason, so even a caller that only keeps the message (the
-    Batcher's generic 500 today) still says what went wrong.
+    A ``Rejection`` (the one error type that carries an HTTP answer), so the Batcher hands it
+    to the batch's requests as it is and the APIs answer 502/504 with this reason; ``message``
+    is what the client reads, ``str(e)`` (for logs) starts with the reason.
     """
 
     def __init__(
@@ -28,11 +31,8 @@ class UpstreamError(Exception):
         replica: str | None = None,
         upstream_status: int | None = None,
     ) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.status = status
-        """HTTP status for the client: 502 or 504."""
-        self.reason = reason
-        self.message = message
+        super().__init__(status, reason, message)
+        self.args = (f"{reason}: {message}",)
         self.replica = replica
         """Base URL of the replica that failed, when one was chosen."""
         self.upstream_status = upstream_status
