@@ -238,8 +238,10 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """One served model (``[[models]]`` in the config file)."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    task: Literal["embeddings", "tensor", "generate"] = "embeddings"
-    """``generate``: ``/v1/chat/completions`` and ``/v1/completions`` forwarded to an
+    task: Literal["embeddings", "tensor", "generate", "rerank", "classify"] = "embeddings"
+    """``rerank``: a cross-encoder, one score per (query, document) pair (``/v1/rerank``);
+    ``classify``: sequence classification (``/v1/classify``); both onnxruntime text models.
+    ``generate``: ``/v1/chat/completions`` and ``/v1/completions`` forwarded to an
     ``openai`` upstream (admitted through the priority queues, never merged)."""
     executor: Literal["onnxruntime", "tensorrt", "sim", "openai", "kserve"] = "sim"
     """``openai`` / ``kserve``: gateway mode, the model runs on the ``upstreams`` servers."""
@@ -275,6 +277,32 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     max_input_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 256
     """embeddings: inputs are truncated to this many tokens (BERT-class encoders such as
     MiniLM have 512 positions; a longer input would fail its whole batch)."""
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=0, le=1 << 24)] = 0
+    """Text models: token budget of one batch, rows x its longest tokenised input (what the
+    padded call computes), never exceeded (a single longer input runs alone); 0 = batches
+    count items only. ``batching.max_batch_size`` still caps the rows."""
+    pooling: Literal["", "mean", "cls", "max", "last_token"] = ""
+    """embeddings (text models): ``""`` = from the folder's ``1_Pooling/config.json``."""
+    normalize: bool | None = None
+    """embeddings: L2-normalise; None = from the folder's ``modules.json`` (else false)."""
+    prompts: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=dict
+    )
+    """Named input prefixes (``{query = "query: "}``), over the folder's
+    ``config_sentence_transformers.json``."""
+    default_prompt: str = ""
+    """The prompt put before every embeddings input (a name in ``prompts``); ``""`` = the
+    folder's ``default_prompt_name``, if any."""
+    labels: Annotated[list[str], msgspec.Meta(max_length=65536)] = msgspec.field(
+        default_factory=list
+    )
+    """classify: one label per logit; empty = the folder's ``config.json`` ``id2label``."""
+    activation: Literal["", "softmax", "sigmoid", "none"] = ""
+    """rerank / classify scores; ``""`` = sigmoid for rerank, softmax for classify (sigmoid
+    when ``problem_type`` is multi-label)."""
+    output: str = ""
+    """Text models: the ONNX output to read; ``""`` = the first float output of rank 3
+    (embeddings) or 2 (rerank, classify)."""
     # simulator
     dim: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 384
     base_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 5000
