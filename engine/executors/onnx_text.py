@@ -324,16 +324,16 @@ def _model_path(value: str, base_dir: str) -> str:
 
 
 def overrides(cfg: ModelConfig) -> TextOverrides:
-    """The text keys of ``cfg`` (read with defaults, so this works before they exist)."""
+    """The text keys of ``cfg`` (``model.toml`` / ``[[models]]``)."""
     return TextOverrides(
-        pooling=getattr(cfg, "pooling", ""),
-        normalize=getattr(cfg, "normalize", None),
+        pooling=cfg.pooling,
+        normalize=cfg.normalize,
         max_input_tokens=cfg.max_input_tokens,
-        prompts=getattr(cfg, "prompts", {}),
-        default_prompt=getattr(cfg, "default_prompt", ""),
-        labels=getattr(cfg, "labels", ()),
-        activation=getattr(cfg, "activation", ""),
-        output=getattr(cfg, "output", ""),
+        prompts=cfg.prompts,
+        default_prompt=cfg.default_prompt,
+        labels=cfg.labels,
+        activation=cfg.activation,
+        output=cfg.output,
     )
 
 

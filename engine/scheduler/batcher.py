@@ -70,7 +70,9 @@ class Batcher:
         """Largest ``max_batch_size`` this model accepts, at start and for every runtime
         change; fixed at start (``ModelRegistry.load`` recomputes it once the executor knows
         its model)."""
-        self.max_batch_tokens: int = getattr(cfg, "max_batch_tokens", 0)
+        self._measures = isinstance(executor, Measures)
+        """The executor tokenises items at submit (text models): requests carry lengths."""
+        self.max_batch_tokens = cfg.max_batch_tokens
         """Token budget of a batch (rows x longest item); 0: batches count items only."""
         self.queues = PriorityQueues(cfg.priorities)
         self.stats = ModelStats(cfg.priorities.levels)
@@ -108,7 +110,7 @@ class Batcher:
             Rejection: 429 queue full (with Retry-After), 503 ``shutting_down`` after
             ``shed_queued`` or ``close``.
         """
-        if req.lengths is None and isinstance(self.executor, Measures):
+        if req.lengths is None and self._measures:
             self._measure(req)
         with self._cond:
             if self._shedding:
@@ -328,8 +330,13 @@ class Batcher:
                 raise RuntimeError(f"{len(outputs)} outputs for {len(items)} inputs")
         except Exception as e:
             log.warning("model %s: batch of %d items failed: %s", self.name, len(items), e)
-            error = Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+            error = (  # an executor's own answer (an UpstreamError's 502/504) is kept
+                e
+                if isinstance(e, Rejection)
+                else Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+            )
         t1 = self.clock()
+        call = self.executor.last_call(slot) if error is None else None
         finished: list[InferRequest] = []
         with self._cond:
             self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
@@ -345,6 +352,8 @@ class Batcher:
                         assert outputs is not None
                         req.outputs[start:end] = outputs[offset : offset + end - start]
                         req.done += end - start
+                        if start == 0:
+                            req.upstream = call
                     if error is not None or req.done == req.n:
                         req.finished = True
                         finished.append(req)

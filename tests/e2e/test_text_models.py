@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import openai
 import pytest
 
 import engine.models.registry as registry_module
 from engine.api.text import MAX_RERANK_DOCUMENTS, add_text_routes
-from engine.config import BatchingConfig, ModelConfig, ServerConfig
+from engine.config import ModelConfig, ServerConfig
 from engine.executors.base import Executor
 from engine.executors.onnx_text import (
     PARAPHRASE_L3,
@@ -88,8 +89,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(folders: dict[str, Path]) -> Iterator[Server]:
     tasks = {"rerank": "rerank", "classify": "classify", "multi": "classify"}
     models = [
-        ModelConfig(name=name, task=tasks.get(name, "embeddings"), executor="onnxruntime",  # type: ignore[arg-type]
-                    model_file=str(path), batching=BatchingConfig(max_batch_size=16))
+        msgspec.convert({
+            "name": name, "task": tasks.get(name, "embeddings"), "executor": "onnxruntime",
+            "model_file": str(path), "batching": {"max_batch_size": 16},
+            # token-budget batching on the reranker
+            "max_batch_tokens": 256 if name == "rerank" else 0,
+        }, ModelConfig)
         for name, path in folders.items()
     ]  # fmt: skip
     if _l3_installed():
@@ -100,9 +105,6 @@ def server(folders: dict[str, Path]) -> Iterator[Server]:
         mp.setattr(registry_module, "build_executor", _build_executor)
         s = Server(cfg)
     add_text_routes(s.router, s.models)
-    rerank = s.models.get("rerank")
-    assert rerank is not None
-    rerank.max_batch_tokens = 256  # token-budget batching on one model
     s.start()
     t = threading.Thread(target=s.run, kwargs={"install_signals": False})
     t.start()

@@ -6,6 +6,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -231,3 +232,22 @@ def test_paraphrase_minilm_l3_equals_a_plain_reference() -> None:
         assert _cosine(alone, want[i]) >= 0.9999
         assert _cosine(batched[i][0], want[i]) >= 0.9999, text
     assert batched[-1][1] == 128
+
+
+def test_config_keys_reach_the_executor(tmp_path: Path) -> None:
+    folder = write_text_folder(tmp_path / "e", "embedder", prompts={"query": "query: "})
+    cfg = msgspec.convert(
+        {"name": "m", "task": "embeddings", "executor": "onnxruntime", "model_file": str(folder),
+         "pooling": "cls", "normalize": True, "default_prompt": "query", "max_input_tokens": 6,
+         "prompts": {"doc": "doc: "}},
+        ModelConfig,
+    )  # fmt: skip
+    ex = build_text_executor(cfg, ".")
+    ex.load()
+    s = ex.settings
+    assert (s.pooling, s.normalize, s.default_prompt, s.max_tokens) == ("cls", True, "query", 6)
+    assert s.prompts == {"query": "query: ", "doc": "doc: "}
+    ((vec, ntok),) = ex.run(["a cat sat on the mat"], 0)
+    states, mask = reference(folder / "model.onnx", ["query: a cat sat on the mat"], 6)
+    np.testing.assert_allclose(vec, l2_normalize(pool(states, mask, "cls"))[0], rtol=1e-5)
+    assert ntok == 6

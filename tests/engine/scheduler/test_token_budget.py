@@ -186,9 +186,8 @@ class Measured(Executor):
 @pytest.fixture
 def batcher() -> Iterator[tuple[Batcher, Measured]]:
     ex = Measured()
-    cfg = ModelConfig(name="m", batching=BatchingConfig(policy="adaptive", max_batch_size=8))
-    b = Batcher(cfg, ex)
-    b.max_batch_tokens = 64
+    batching = BatchingConfig(policy="adaptive", max_batch_size=8)
+    b = Batcher(ModelConfig(name="m", batching=batching, max_batch_tokens=64), ex)
     b.start()
     yield b, ex
     ex.open.set()
