@@ -240,10 +240,15 @@ async def infer(
 
 
 def telemetry(r: InferRequest) -> Headers:
-    """Batching telemetry of the batch that took this request's first items."""
-    return [
+    """Batching telemetry of the batch that took this request's first items (and, for a
+    gateway model, the replica that ran it and the upstream time)."""
+    headers = [
         (b"X-Infergate-Queue-Us", b"%d" % max(0, round((r.dispatched_at - r.enqueued) * 1e6))),
         (b"X-Infergate-Batch-Items", b"%d" % r.batch_items),
         (b"X-Infergate-Batch-Requests", b"%d" % r.batch_requests),
         (b"X-Infergate-Compute-Us", b"%d" % round(r.compute_s * 1e6)),
     ]
+    if r.upstream is not None:
+        headers.append((b"X-Infergate-Upstream-Replica", r.upstream.replica.encode()))
+        headers.append((b"X-Infergate-Upstream-Us", b"%d" % round(r.upstream.seconds * 1e6)))
+    return headers

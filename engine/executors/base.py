@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,14 @@ Outputs = Sequence[Any] | np.ndarray[Any, Any]
 
 DEFAULT_BATCH_LIMIT = 1024
 """Batch ceiling of an executor that states no memory estimate nor hard limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """Where a gateway model's batch ran: the replica (base URL) and the upstream time."""
+
+    replica: str
+    seconds: float
 
 
 class ExecutorError(Exception):
@@ -89,6 +98,11 @@ class Executor(abc.ABC):
             raise ExecutorError(f"{self.kind} executor publishes no model spec")
         arrays = check_inputs(self.spec, tensors)
         return arrays, batch_key(self.spec, arrays)
+
+    def last_call(self, slot: int) -> UpstreamCall | None:
+        """The upstream call slot ``slot``'s last batch made (gateway executors); None for a
+        model that runs here. Slot ``slot``'s thread, right after ``run``."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``/v1/models`` and the admin API."""

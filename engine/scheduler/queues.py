@@ -10,10 +10,13 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import PrioritiesConfig
 from engine.scheduler.policy import Candidate, plan_token_batch
+
+if TYPE_CHECKING:
+    from engine.executors.base import UpstreamCall
 
 # Reasons carried by rejections: in the JSON error, the X-Infergate-Drop-Reason header, metrics.
 QUEUE_FULL = "queue_full"
@@ -62,6 +65,7 @@ class InferRequest:
         "seq",
         "taken",
         "timeout_s",
+        "upstream",
     )
 
     def __init__(
@@ -102,6 +106,8 @@ class InferRequest:
         self.batch_items = 0
         self.batch_requests = 0
         self.compute_s = 0.0
+        self.upstream: UpstreamCall | None = None
+        """Gateway models: the replica and upstream time of that batch's call."""
 
 
 Part = tuple[InferRequest, int, int]
