@@ -12,6 +12,7 @@ merge into shared batches.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -31,12 +32,12 @@ from engine.api.common import (
     telemetry,
 )
 from engine.http.request import Request
-from engine.http.response import Response, json_response
+from engine.http.response import Headers, Response, json_response
 from engine.http.router import Router
 from engine.models.registry import ModelRegistry
 from engine.models.text import TextPreparer, Tokens
 from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import Rejection
+from engine.scheduler.queues import InferRequest, Rejection
 
 MAX_RERANK_DOCUMENTS = 1000
 """Documents per rerank request (Cohere's recommended maximum); each is one batch item."""
@@ -134,6 +135,12 @@ def _nothing(tokens: list[Tokens], what: str) -> None:
             raise invalid(f"{what}[{i}] tokenises to nothing (no token besides special ones)")
 
 
+def _headers(done: InferRequest, tokenize_s: float) -> Headers:
+    """The batching telemetry plus the time spent tokenising on the reactor (TEI's
+    ``x-tokenization-time``)."""
+    return [*telemetry(done), (b"X-Infergate-Tokenize-Us", b"%d" % round(tokenize_s * 1e6))]
+
+
 def add_text_routes(router: Router, registry: ModelRegistry) -> None:
     """Register ``POST /v1/rerank`` and ``POST /v1/classify`` for the text models in
     ``registry``."""
@@ -143,9 +150,11 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             body: RerankBody = decode_json(_rerank_body, req.body, "request body")
             batcher, executor = _model(registry, body.model, "rerank")
             query, docs, top_n, return_documents = parse_rerank(body)
+            t0 = time.perf_counter()
             if executor.prepare([query])[0].content == 0:
                 raise invalid("query tokenises to nothing (no token besides special ones)")
             items = executor.prepare([(query, d) for d in docs])
+            tokenize_s = time.perf_counter() - t0
             _nothing(items, "documents")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             done = await infer(req, batcher, list(items), _RERANK_KEY, level, timeout)
@@ -164,7 +173,7 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return json_response(out, headers=telemetry(done))
+        return json_response(out, headers=_headers(done, tokenize_s))
 
     async def classify(req: Request) -> Response:
         try:
@@ -172,7 +181,9 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             batcher, executor = _model(registry, body.model, "classify")
             texts = parse_classify(body)
             top_k = _optional_int(body.top_k, "top_k", 1, max(1, len(executor.labels)))
+            t0 = time.perf_counter()
             items = executor.prepare(texts)
+            tokenize_s = time.perf_counter() - t0
             _nothing(items, "input")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             done = await infer(req, batcher, list(items), _CLASSIFY_KEY, level, timeout)
@@ -193,7 +204,7 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return json_response(out, headers=telemetry(done))
+        return json_response(out, headers=_headers(done, tokenize_s))
 
     router.add(["POST"], "/v1/rerank", rerank)
     router.add(["POST"], "/v1/classify", classify)

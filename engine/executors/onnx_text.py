@@ -28,6 +28,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.executors.base import Executor, ExecutorError, Outputs
 from engine.executors.onnx import BATCH_MEMORY_BUDGET, MAX_DERIVED_BATCH, activation_bytes_per_item
+from engine.executors.spec import embedding_spec
 from engine.models.embeddings import BUILTIN, resolve_model_file, resolve_tokenizer_file
 from engine.models.text import (
     FolderFacts,
@@ -104,6 +105,8 @@ class OnnxTextExecutor(Executor):
             self.settings.tokenizer_file, self.max_tokens, self.settings.prompts
         )
         self.vocab_size = self.encoder.vocab_size
+        if self.task == "embeddings":  # KServe TEXT -> EMBEDDING, OpenAI ``dimensions``
+            self.spec = embedding_spec(self.dim, self.batch_limit())
 
     def _choose_output(self) -> None:
         outputs = [o for o in self.session.get_outputs() if o.type == "tensor(float)"]

