@@ -10,6 +10,7 @@ from collections.abc import Callable
 from prometheus_client.registry import CollectorRegistry
 
 from engine.api.admin import add_admin_routes
+from engine.api.chat import add_chat_routes
 from engine.api.health import add_health_routes, add_metrics_route
 from engine.api.kserve import add_kserve_routes
 from engine.api.openai import add_openai_routes
@@ -71,6 +72,7 @@ class Server:
         self.control = Control(self.models)
         self.registry.register(ModelCollector(self.models))
         add_openai_routes(self.router, self.models)
+        add_chat_routes(self.router, self.models)
         add_kserve_routes(self.router, self.models)
         for plane in admin_planes(
             self.router, self.admin_router, config.admin_token, config.admin_on_public

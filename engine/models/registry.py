@@ -16,6 +16,7 @@ from engine.executors.sim import SimExecutor
 from engine.executors.spec import ModelSpec
 from engine.executors.tensorrt import TensorRTEmbeddingExecutor
 from engine.executors.tensorrt_tensor import TensorRTTensorExecutor
+from engine.executors.upstream.generate import GenerateExecutor
 from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from engine.scheduler.batcher import Batcher
@@ -56,6 +57,16 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
             return OpenAIEmbeddingsExecutor(
                 cfg.name, cfg.upstreams, cfg.upstream_model, cfg.upstream
             )
+        except ExecutorError as e:
+            raise ExecutorError(f"model {cfg.name}: {e}") from e
+    if cfg.executor == "openai" and cfg.task == "generate":
+        if cfg.batching.policy == "window":
+            raise ExecutorError(
+                f"model {cfg.name}: a generate model is never merged (one request per upstream "
+                "call): batching.policy 'window' would only delay it; use 'adaptive' or 'off'"
+            )
+        try:
+            return GenerateExecutor(cfg.name, cfg.upstreams, cfg.upstream_model, cfg.upstream)
         except ExecutorError as e:
             raise ExecutorError(f"model {cfg.name}: {e}") from e
     if cfg.executor in ("openai", "kserve"):

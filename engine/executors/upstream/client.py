@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,8 @@ import aiohttp
 import uvloop
 
 from engine.config import UpstreamConfig
-from engine.executors.upstream.errors import timeout, unavailable, upstream_error
+from engine.executors.upstream.errors import UpstreamError, timeout, unavailable, upstream_error
+from engine.executors.upstream.relay import Head, Relay, RelayClosed
 from engine.executors.upstream.replicas import Replica, ReplicaSet
 
 log = logging.getLogger("infergate.upstream")
@@ -36,7 +37,10 @@ CALL_MARGIN_S = 1.0
 """A slot thread waits this much past ``request_timeout_ms`` for aiohttp's own timeout."""
 MAX_ERROR_TEXT = 300
 """Characters of an upstream's error body kept in our error message."""
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of a non-2xx answer read to find its message."""
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+STREAM_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class UpstreamReply:
     """Base URL of the replica that answered."""
     status: int
     body: bytes
+    """The whole body (``post``); empty for a relayed call (``stream``)."""
     seconds: float
     """Upstream time: from sending the request to the end of the response body."""
 
@@ -168,6 +173,66 @@ class UpstreamClient:
         self.replicas.release(replica, latency_s=seconds)
         return UpstreamReply(url, status, payload, seconds)
 
+    def stream(self, path: str, body: bytes, relay: Relay) -> UpstreamReply | None:
+        """POST ``body`` to ``path`` on the least loaded healthy replica and relay the answer
+        chunk by chunk to ``relay`` (see ``relay.py``). Thread-safe; blocks the calling slot
+        thread for the whole call, so the slot is the call's admission permit.
+
+        Retried on another replica only when the connection could not be opened: nothing
+        reached the upstream and, since the head is relayed only once a replica answered,
+        nothing reached the client. Never after that.
+
+        Returns:
+            The replica and the call's duration, or None if the client went away (the upstream
+            request was aborted).
+
+        Raises:
+            UpstreamError: as ``post``; after the head, the relay's End carries it.
+        """
+        tried: list[Replica] = []
+        while True:
+            replica = self.replicas.acquire(tried, wait_s=self._request_s)
+            try:
+                return self._attempt_stream(replica, path, body, relay)
+            except _NotSent as e:
+                log.warning("model %s: %s unreachable, retrying elsewhere: %s", self.model,
+                            replica.url, e)  # fmt: skip
+                tried.append(replica)
+
+    def _attempt_stream(
+        self, replica: Replica, path: str, body: bytes, relay: Relay
+    ) -> UpstreamReply | None:
+        """One relayed call to ``replica``; always releases it, with the outcome."""
+        url = replica.url
+        t0 = time.monotonic()
+        fut = self._submit(self._relay(url, path, body, relay))
+        if not relay.attach(fut):
+            fut.cancel()
+        try:
+            fut.result()  # bounded by the call's own timeouts (connect, gap between reads)
+        except (CancelledError, RelayClosed):
+            self.replicas.release(replica)  # the client left: not the replica's fault
+            return None
+        except _NotSent as e:
+            self.replicas.release(replica, failure=f"connect: {e}")
+            raise
+        except UpstreamError as e:  # an error status
+            bad = e.upstream_status is not None and e.upstream_status >= 500
+            self.replicas.release(replica, failure=f"status {e.upstream_status}" if bad else None)
+            raise
+        except TimeoutError:
+            self.replicas.release(replica, failure="timed out")
+            raise timeout(f"replica {url} sent nothing for {self._request_s:g} s", url) from None
+        except (aiohttp.ClientError, OSError) as e:
+            self.replicas.release(replica, failure=f"{type(e).__name__}: {e}")
+            raise unavailable(f"replica {url} failed: {type(e).__name__}: {e}", url) from e
+        except BaseException:
+            self.replicas.release(replica, failure="internal error")
+            raise
+        seconds = time.monotonic() - t0
+        self.replicas.release(replica, latency_s=seconds)
+        return UpstreamReply(url, 200, b"", seconds)
+
     def _submit(self, coro: Any) -> Future[Any]:
         loop = self._loop
         if loop is None:
@@ -210,6 +275,41 @@ class UpstreamClient:
             # raised while opening a new connection: no byte of the request was written
             raise _NotSent(str(e) or type(e).__name__) from e
 
+    async def _relay(self, replica: str, path: str, body: bytes, relay: Relay) -> None:
+        """Send one generate call and hand its answer to ``relay`` as it arrives.
+
+        A streamed answer has no total timeout: ``request_timeout_ms`` bounds each gap
+        between two reads. Anything but a complete answer (the client left, a failure, a
+        cancel) closes the connection instead of returning it to the pool, so the upstream
+        sees the request end and stops generating.
+        """
+        assert self._session is not None
+        relay.open()
+        t = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.cfg.connect_timeout_ms / 1000, sock_read=self._request_s
+        )
+        try:
+            resp = await self._session.post(
+                replica + path, data=body, headers=STREAM_HEADERS, timeout=t
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+            raise _NotSent(str(e) or type(e).__name__) from e
+        complete = False
+        try:
+            if resp.status >= 300:
+                payload = await _read_capped(resp, MAX_ERROR_BODY)
+                raise upstream_error(resp.status, _error_text(payload), replica)
+            ctype = resp.headers.get("Content-Type", "application/json")
+            relay.emit(Head(resp.status, ctype.encode("latin-1", "replace"), replica))
+            async for data in resp.content.iter_any():
+                await relay.send(data, self._request_s)
+            complete = True
+        finally:
+            if complete:
+                resp.release()  # read to the end: the connection goes back to the pool
+            else:
+                resp.close()
+
     async def _start_health_loop(self) -> None:
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
@@ -241,6 +341,18 @@ class UpstreamClient:
         except aiohttp.ClientError as e:
             ok, detail = False, f"GET {self.health_path}: {type(e).__name__}: {e}"
         self.replicas.health_result(replica, ok, detail)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """Up to ``cap`` bytes of ``resp``'s body."""
+    parts: list[bytes] = []
+    size = 0
+    async for data in resp.content.iter_any():
+        parts.append(data)
+        size += len(data)
+        if size >= cap:
+            break
+    return b"".join(parts)[:cap]
 
 
 def _error_text(payload: bytes) -> str:

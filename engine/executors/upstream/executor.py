@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.config import UpstreamConfig
-from engine.executors.base import Executor, ExecutorError
+from engine.executors.base import Executor, ExecutorError, UpstreamCall
 from engine.executors.upstream.client import UpstreamClient, UpstreamReply
 from engine.executors.upstream.replicas import Clock, ReplicaSet, ReplicaStats
 
@@ -81,7 +81,7 @@ class UpstreamExecutor(Executor):
         self.client = UpstreamClient(
             name, self.replicas, cfg, cfg.health_path or self.default_health_path
         )
-        self._last: list[UpstreamReply | None] = [None] * self.instances
+        self._last: list[UpstreamCall | None] = [None] * self.instances
         """Per slot: the last successful call (slot ``k``'s thread is its only writer)."""
 
     def load(self) -> None:
@@ -108,12 +108,13 @@ class UpstreamExecutor(Executor):
     def close(self) -> None:
         self.client.close()
 
-    def record(self, slot: int, reply: UpstreamReply) -> None:
-        """Remember slot ``slot``'s last call. Slot ``slot``'s thread only."""
+    def record(self, slot: int, reply: UpstreamReply | None) -> None:
+        """Remember slot ``slot``'s last call (None: this batch made none that answered).
+        Slot ``slot``'s thread only."""
         if 0 <= slot < len(self._last):
-            self._last[slot] = reply
+            self._last[slot] = None if reply is None else UpstreamCall(reply.replica, reply.seconds)
 
-    def last_call(self, slot: int) -> UpstreamReply | None:
+    def last_call(self, slot: int) -> UpstreamCall | None:
         """The replica and upstream time of slot ``slot``'s last successful call: what the
         Batcher can copy onto the requests of the batch it just ran. Slot ``slot``'s
         thread (right after ``run``)."""
