@@ -330,8 +330,13 @@ class Batcher:
                 raise RuntimeError(f"{len(outputs)} outputs for {len(items)} inputs")
         except Exception as e:
             log.warning("model %s: batch of %d items failed: %s", self.name, len(items), e)
-            error = Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+            error = (  # an executor's own answer (an UpstreamError's 502/504) is kept
+                e
+                if isinstance(e, Rejection)
+                else Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+            )
         t1 = self.clock()
+        call = self.executor.last_call(slot) if error is None else None
         finished: list[InferRequest] = []
         with self._cond:
             self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
@@ -347,6 +352,8 @@ class Batcher:
                         assert outputs is not None
                         req.outputs[start:end] = outputs[offset : offset + end - start]
                         req.done += end - start
+                        if start == 0:
+                            req.upstream = call
                     if error is not None or req.done == req.n:
                         req.finished = True
                         finished.append(req)
