@@ -7,9 +7,9 @@ unit-tested with plain numbers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.config import BatchingConfig
 
@@ -63,9 +63,9 @@ least this fraction of the batch's longest, so at least this fraction of the pad
 (rows x longest) is real tokens."""
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One queued request's untaken items, as the token planner sees them."""
+class Candidate(NamedTuple):
+    """One queued request's untaken items, as the token planner sees them (a plain tuple
+    ``(level, lengths, start)`` works too: the queue builds 256 of them per batch)."""
 
     level: int
     """Priority level (1 = highest)."""
@@ -75,13 +75,11 @@ class Candidate:
     """First untaken item."""
 
 
-def _bucket(length: int, ref: int) -> int:
-    """Half-octave distance between ``length`` and ``ref``: 0 within x1.41, 1 within x2..."""
-    return int(abs(math.log2(max(length, 1) / max(ref, 1))) * 2)
-
-
 def plan_token_batch(
-    candidates: Sequence[Candidate], max_items: int, max_tokens: int, single: bool = False
+    candidates: Sequence[tuple[int, Sequence[int], int]],
+    max_items: int,
+    max_tokens: int,
+    single: bool = False,
 ) -> list[tuple[int, int]]:
     """The next batch under a token budget: ``(candidate index, items)`` pairs, each taking
     that many of the candidate's untaken items from its ``start`` on.
@@ -91,37 +89,41 @@ def plan_token_batch(
     items as fit (at least one: an item longer than ``max_tokens`` runs alone), so every request
     reaches a batch after at most one batch per request queued ahead of it. The rest is filled
     from the head's level first, then lower levels, nearest in length to the batch first (FIFO
-    among similar lengths), while the cost ``rows x longest`` stays within ``max_tokens``,
-    rows within ``max_items``, and every item at least ``SIMILAR`` of the longest. With
-    ``single`` only the head is taken from (batching off).
+    among lengths within x1.25 of each other), while the cost ``rows x longest`` stays within
+    ``max_tokens``, rows within ``max_items``, and every item at least ``SIMILAR`` of the
+    longest. With ``single`` only the head is taken from (batching off).
     """
     if not candidates or max_items <= 0:
         return []
-    head = candidates[0]
-    first = head.lengths[head.start]
-    rows, longest, shortest = 1, first, first
-    take = [1] + [0] * (len(candidates) - 1)
+    _, head_lengths, head_start = candidates[0]
+    first = max(1, head_lengths[head_start])  # lengths count at least one token
     if first >= max_tokens:
         return [(0, 1)]  # alone: never hangs, never exceeds the budget with company
-    order = [0] if single else [0, *sorted(
-        range(1, len(candidates)),
-        key=lambda i: (candidates[i].level, _bucket(_next_len(candidates[i]), first), i),
-    )]  # fmt: skip
-    for i in order:
-        c = candidates[i]
-        j = c.start + take[i]
-        while j < len(c.lengths) and rows < max_items:
-            n = c.lengths[j]
+    take: dict[int, int] = {}
+    # Only candidates whose next item is within [SIMILAR, 1/SIMILAR] x the head's first item
+    # can join (the batch holds that item), so only they are sorted: nearest ratio first,
+    # in quarter steps, FIFO inside a step.
+    lo, hi = first * SIMILAR, first / SIMILAR
+    near: list[tuple[int, int, int]] = []
+    if not single:
+        for i in range(1, len(candidates)):
+            level, lengths, start = candidates[i]
+            n = max(1, lengths[start])
+            if lo <= n <= hi:
+                near.append((level, 4 * n // first if n >= first else 4 * first // n, i))
+        near.sort()
+    rows, longest, shortest = 0, first, first
+    for i in (0, *(i for _, _, i in near)):
+        _, lengths, start = candidates[i]
+        for j in range(start, len(lengths)):
+            n = max(1, lengths[j])
             top, low = max(longest, n), min(shortest, n)
-            if (rows + 1) * top > max_tokens or low < SIMILAR * top:
+            if rows and ((rows + 1) * top > max_tokens or low < SIMILAR * top):
                 break
             rows, longest, shortest = rows + 1, top, low
-            take[i] += 1
-            j += 1
+            take[i] = take.get(i, 0) + 1
+            if rows >= max_items:
+                break
         if rows >= max_items:
             break
-    return [(i, k) for i, k in enumerate(take) if k]
-
-
-def _next_len(c: Candidate) -> int:
-    return c.lengths[c.start]
+    return sorted(take.items())

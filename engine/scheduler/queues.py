@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.config import PrioritiesConfig
-from engine.scheduler.policy import Candidate, plan_token_batch
+from engine.scheduler.policy import plan_token_batch
 
 if TYPE_CHECKING:
     from engine.executors.base import UpstreamCall
@@ -317,7 +317,7 @@ class PriorityQueues:
             if len(cands) >= LOOKAHEAD:
                 break
         plan = plan_token_batch(
-            [Candidate(r.level, r.lengths or _Ones(r.n), r.taken) for r in cands],
+            [(r.level, r.lengths or _Ones(r.n), r.taken) for r in cands],
             max_items, max_tokens, single,
         )  # fmt: skip
         parts: list[Part] = []

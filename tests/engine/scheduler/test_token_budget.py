@@ -76,7 +76,7 @@ def test_single_takes_only_from_the_head() -> None:
     assert plan_token_batch(cands([10, 10], [10]), 32, 8192, single=True) == [(0, 2)]
 
 
-lengths_st = st.lists(st.integers(1, 600), min_size=1, max_size=6)
+lengths_st = st.lists(st.integers(0, 600), min_size=1, max_size=6)
 
 
 @settings(max_examples=300, deadline=None)
@@ -94,6 +94,7 @@ def test_plan_invariants(reqs: list[tuple[int, list[int]]], max_items: int, budg
     assert len(taken) <= max_items
     assert len({i for i, _ in plan}) == len(plan)
     if len(taken) > 1:
+        taken = [max(1, x) for x in taken]  # a length counts at least one token
         assert len(taken) * max(taken) <= budget
         assert min(taken) >= SIMILAR * max(taken)
 
