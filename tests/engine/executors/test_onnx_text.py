@@ -21,6 +21,7 @@ from engine.executors.onnx_text import (
     text_settings,
 )
 from engine.models.embeddings import resolve_model_file
+from engine.models.repository import scan_folder
 from engine.models.text import (
     Array,
     TextModelError,
@@ -251,3 +252,17 @@ def test_config_keys_reach_the_executor(tmp_path: Path) -> None:
     states, mask = reference(folder / "model.onnx", ["query: a cat sat on the mat"], 6)
     np.testing.assert_allclose(vec, l2_normalize(pool(states, mask, "cls"))[0], rtol=1e-5)
     assert ntok == 6
+
+
+def test_a_repository_folder_with_model_toml(tmp_path: Path) -> None:
+    """A text model in the model repository: model.toml names the task and the keys the
+    folder does not say; the folder's tokenizer.json and config.json are found."""
+    folder = write_text_folder(tmp_path / "sentiment", "classifier", labels=["a", "b", "c"])
+    (folder / "model.toml").write_text('task = "classify"\nmax_batch_tokens = 4096\n')
+    entry = scan_folder(str(folder))
+    assert (entry.config.task, entry.config.max_batch_tokens) == ("classify", 4096)
+    ex = build_text_executor(entry.config, str(tmp_path))
+    ex.load()
+    assert ex.labels == ("a", "b", "c")
+    logits, _ = reference(folder / "model.onnx", ["a cat"])
+    np.testing.assert_allclose(ex.run(["a cat"], 0)[0][0], softmax(logits)[0], rtol=1e-5)
