@@ -24,6 +24,8 @@ from engine.http.errors import HttpError
 from engine.http.request import Request
 from engine.http.response import (
     LAST_CHUNK,
+    NO_BODY_STATUSES,
+    AnyResponse,
     FileResponse,
     StreamResponse,
     chunk,
@@ -43,6 +45,16 @@ _INF = float("inf")
 PAUSE_WRITE, PAUSE_PIPELINE, PAUSE_CLOSING = 1, 2, 4
 
 
+class Slot:
+    """A response waiting for its turn (pipelining) or for its handler to finish."""
+
+    __slots__ = ("req", "resp")
+
+    def __init__(self, req: Request | None, resp: AnyResponse | None) -> None:
+        self.req = req
+        self.resp = resp
+
+
 class ConnectionFlow:
     """Output, flow control and bounds of one connection. Owning loop only, except
     ``cut_slow_reader``."""
@@ -59,6 +71,7 @@ class ConnectionFlow:
         "out",
         "out_len",
         "pause_reasons",
+        "pending",
         "send_deadline",
         "send_mark",
         "streaming",
@@ -79,6 +92,8 @@ class ConnectionFlow:
         self.streaming = False
         self.pause_reasons = 0
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.pending: deque[Slot] = deque()
+        """Responses in request order: waiting for their handler, or for those ahead."""
         self.deferred: deque[Request] = deque()
         """Parsed requests held back while the client is not reading (see the module doc)."""
         self.body_held = 0
@@ -132,6 +147,13 @@ class ConnectionFlow:
                 self._write(head)
                 if not head_only:
                     ok = await self._stream_file(resp)
+            elif resp.status in NO_BODY_STATUSES:
+                # 204/304 end with their head (RFC 9110 §15.3.5): no framing, no chunks
+                head = encode_head(
+                    resp.status, self.ctx.date_line, resp.content_type, None, resp.headers,
+                    connection,
+                )  # fmt: skip
+                self._write(head)
             else:
                 chunked = req is not None and req.version == "1.1"
                 if not chunked:

@@ -8,12 +8,16 @@ request order.
 
 llhttp already rejects most request-smuggling vectors (CL with TE, duplicate CL, whitespace
 before a colon, obs-fold, bare CR/LF, control bytes, a TE list not ending in chunked). This
-module adds: Host count, TE in HTTP/1.0, transfer codings other than chunked (501), versions
-other than 1.0/1.1 (505), methods outside the supported set (501), and every size limit.
+module adds: Host count and syntax, TE in HTTP/1.0, transfer codings other than chunked (501),
+major versions other than 1 (505; 1.2 and up are served as 1.1), methods outside the supported
+set (501), trailer fields kept out of the header fields, and every size limit, including the
+per-route body limits (checked when the head arrives, before any body byte is read).
 
-The output side (writes, flow control, streamed bodies) and the bounds on what one client can
-pin (held-back pipelined requests, send timeout, body memory, unsent bytes) are in
-``engine.http.flow``; the process-wide counters in ``engine.http.bounds``.
+Reading requests (the httptools callbacks, the request being parsed) is in
+``engine.http.intake``, the checks on a request head in ``engine.http.head``. The output side
+(writes, flow control, streamed bodies) and the bounds on what one client can pin (held-back
+pipelined requests, send timeout, body memory, unsent bytes) are in ``engine.http.flow``; the
+process-wide counters in ``engine.http.bounds``.
 """
 
 from __future__ import annotations
@@ -21,22 +25,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import httptools
 
 from engine.http.answers import log_access, no_handler
 from engine.http.context import HttpContext
 from engine.http.errors import HttpError
-from engine.http.flow import (
-    CONN_CLOSE,
-    PAUSE_CLOSING,
-    PAUSE_PIPELINE,
-    PAUSE_WRITE,
-    ConnectionFlow,
-    limited_log,
+from engine.http.flow import CONN_CLOSE, PAUSE_CLOSING, PAUSE_PIPELINE, Slot, limited_log
+from engine.http.head import invalid_method
+from engine.http.intake import (
+    CONTINUE,
+    DL_BODY,
+    DL_HEAD,
+    DL_IDLE,
+    DL_LINGER,
+    RequestIntake,
+    RouteRefusal,
+    StopParsing,
 )
 from engine.http.request import Request
 from engine.http.response import (
@@ -47,103 +53,29 @@ from engine.http.response import (
     encode_response,
     error_response,
 )
-from engine.http.router import SUPPORTED_METHODS
-from engine.http.target import decode_path, split_target
+from engine.http.router import Handler, Route
 
 __all__ = ["CONTINUE", "HttpContext", "HttpError", "HttpProtocol"]
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"
-_METHODS = {m.encode(): m for m in SUPPORTED_METHODS}
+LINGER_SECONDS = 2.0
 _INF = float("inf")
 
-# What the connection's deadline means when it passes.
-_DL_HEAD, _DL_BODY, _DL_IDLE, _DL_BUSY, _DL_LINGER = range(5)
-LINGER_SECONDS = 2.0
 
-
-class _StopParsing(Exception):
-    """Raised in a callback to stop reading requests after a ``Connection: close`` one."""
-
-
-class _Slot:
-    """A response waiting for its turn (pipelining) or for its handler to finish."""
-
-    __slots__ = ("req", "resp")
-
-    def __init__(self, req: Request | None, resp: AnyResponse | None) -> None:
-        self.req = req
-        self.resp = resp
-
-
-class HttpProtocol(ConnectionFlow, asyncio.Protocol):
+class HttpProtocol(RequestIntake, asyncio.Protocol):
     """One client connection. Lives on one sub-reactor's loop; not thread-safe (except the
     inherited ``cut_slow_reader``)."""
 
-    __slots__ = (
-        "body_deadline",
-        "body_len",
-        "body_parts",
-        "closing",
-        "content_length",
-        "deadline",
-        "deadline_kind",
-        "eof_callbacks",
-        "eof_seen",
-        "expect",
-        "handler",
-        "head_raw",
-        "head_size",
-        "headers",
-        "host_count",
-        "in_head",
-        "keep_alive_hdr",
-        "lingering",
-        "messages",
-        "method",
-        "parser",
-        "pending",
-        "route",
-        "t0",
-        "tasks",
-        "te",
-        "url",
-        "version",
-    )
+    __slots__ = ("eof_callbacks", "eof_seen", "lingering", "tasks")
 
     def __init__(self, ctx: HttpContext) -> None:
-        # shared by the reactor's connections (ctx), and the output side: see ConnectionFlow
-        ConnectionFlow.__init__(self, ctx)
+        # the parser and the request being read: see RequestIntake; the output: ConnectionFlow
+        RequestIntake.__init__(self, ctx)
         # per connection
-        self.parser = httptools.HttpRequestParser(self)
-        self.pending: deque[_Slot] = deque()
-        self.closing = False
         self.lingering = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.eof_callbacks: set[Callable[[], None]] = set()
         self.eof_seen = False
-        self.deadline = _INF
-        self.deadline_kind = _DL_HEAD
-        # per request (the one being parsed)
-        self.in_head = False
-        self.messages = 0
-        self.head_raw = 0
-        self.head_size = 0
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.host_count = 0
-        self.content_length = -1
-        self.te: bytes | None = None
-        self.expect: bytes | None = None
-        self.keep_alive_hdr: bytes | None = None
-        self.method = "GET"
-        self.version = "1.1"
-        self.body_parts: list[bytes] = []
-        self.body_len = 0
-        self.body_deadline = _INF
-        self.handler: Any = None
-        self.route: Any = None
-        self.t0 = 0.0
 
     # ---- asyncio callbacks -------------------------------------------------------------------
 
@@ -162,7 +94,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
         stats = ctx.stats
         stats.connections_open += 1
         stats.connections_total += 1
-        self._set_deadline(_DL_HEAD, self.ctx.header_timeout_s)
+        self._set_deadline(DL_HEAD, self.ctx.header_timeout_s)
         if self.ctx.shutting_down:
             self.begin_shutdown()
 
@@ -228,11 +160,13 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
             return  # after an error or Connection: close, further bytes are discarded
         ctx = self.ctx
         ctx.stats.bytes_in += len(data)
-        if self.deadline_kind == _DL_BODY:
+        if self.deadline_kind == DL_BODY:
             # the gap allowed between body bytes, within the total body deadline
             gap = ctx.now + ctx.idle_timeout_s
             self.deadline = gap if gap < self.body_deadline else self.body_deadline
-        head_before = self.messages if self.in_head else -1
+        messages = self.messages
+        head_before = messages if self.in_head else -1
+        chunk_mark = self.body_len if self.in_chunked else -1
         out: list[bytes] = []
         self.out = out
         try:
@@ -244,12 +178,18 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
                 self.head_raw += len(data)
                 if self.head_raw > ctx.max_header + ctx.max_uri:
                     self._fail(431, "request header fields too large")
-        except _StopParsing:
+            elif self.in_chunked:
+                self._bound_chunk_framing(len(data), messages, chunk_mark)
+        except StopParsing:
             pass
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _StopParsing):
+            if isinstance(cause, StopParsing):
                 pass
+            elif isinstance(cause, RouteRefusal):
+                self._stop_reading()
+                self.lingering = True
+                self._respond(None, cause.answer)
             elif isinstance(cause, HttpError):
                 self._fail(cause.status, cause.message, cause.headers)
             else:
@@ -265,7 +205,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
             self._stop_reading()
             self._close_when_sent()
         except httptools.HttpParserInvalidMethodError:
-            self._fail(501, "method not implemented")
+            self._fail(*invalid_method(data))
         except httptools.HttpParserError as e:
             if not self.closing:  # llhttp also refuses data after a Connection: close request
                 msg = str(e) or "malformed request"
@@ -275,149 +215,26 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
             if out:
                 self._flush_out(out)
 
-    # ---- httptools callbacks -----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.closing:
-            raise _StopParsing
-        self.t0 = time.perf_counter()
-        self.messages += 1
-        self.in_head = True
-        self.head_raw = 0
-        self.head_size = 0
-        self.url = b""
-        self.headers = []
-        self.host_count = 0
-        self.content_length = -1
-        self.te = None
-        self.expect = None
-        self.keep_alive_hdr = None
-        self.body_parts = []
-        self.body_len = 0
-        ctx = self.ctx
-        self.deadline_kind = _DL_HEAD
-        self.deadline = ctx.now + ctx.header_timeout_s
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.ctx.max_uri:
-            raise HttpError(414, "request target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size + len(self.url) > self.ctx.max_header:
-            raise HttpError(431, "request header fields too large")
-        name = name.lower()
-        if name == b"host":
-            self.host_count += 1
-        elif name == b"content-length":
-            self.content_length = int(value)  # llhttp has validated the digits
-        elif name == b"transfer-encoding":
-            self.te = value if self.te is None else self.te + b"," + value
-        elif name == b"expect":
-            self.expect = value
-        elif name == b"connection":
-            value = value.lower()
-            # "Connection: upgrade" makes llhttp stop after this request; no other protocol is
-            # spoken here, so answer it as the last one on the connection.
-            self.keep_alive_hdr = b"close" if b"upgrade" in value else value
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        p = self.parser
-        version = p.get_http_version()
-        if version not in {"1.1", "1.0"}:
-            raise HttpError(505, f"HTTP version {version} is not supported")
-        mb = p.get_method()
-        method = _METHODS.get(mb)
-        if method is None:
-            raise HttpError(501, f"method {mb.decode('latin-1')} not implemented")
-        # httptools builds a new object on every get_* call (~0.1 µs each): ask once, keep.
-        self.method = method
-        self.version = version
-        if version == "1.1" and self.host_count != 1:
-            raise HttpError(400, "exactly one Host header is required")
-        if self.host_count > 1:
-            raise HttpError(400, "duplicate Host header")
-        if self.te is not None:
-            self._check_transfer_encoding(version)
-        lim = self.ctx.limits
-        length = self.content_length
-        if length > lim.max_body_bytes:
-            raise HttpError(413, f"request body larger than {lim.max_body_bytes} bytes")
-        if length > 0:
-            self._reserve_body(length)
-        if self.expect is not None:
-            self._expect_continue(version)
-        if length > 0 or self.te is not None:
-            ctx = self.ctx
-            self.body_deadline = ctx.now + ctx.body_timeout_s
-            self._set_deadline(_DL_BODY, min(ctx.idle_timeout_s, ctx.body_timeout_s))
-
-    def on_body(self, body: bytes) -> None:
-        self.body_len += len(body)
-        if self.body_len > self.ctx.max_body:
-            raise HttpError(413, f"request body larger than {self.ctx.max_body} bytes")
-        if self.content_length < 0:  # chunked: reserve as it grows
-            self._reserve_body(len(body))
-        self.body_parts.append(body)
-
-    def on_message_complete(self) -> None:
-        parts = self.body_parts
-        body = b"" if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
-        ctx = self.ctx
-        url = self.url
-        if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
-        else:
-            raw_path, query = split_target(url)
-        try:
-            path = decode_path(raw_path)
-        except ValueError as e:
-            raise HttpError(400, str(e)) from None
-        version = self.version
-        conn = self.keep_alive_hdr
-        if conn is None:
-            keep_alive = version == "1.1"
-        elif version == "1.1":
-            keep_alive = b"close" not in conn
-        else:
-            keep_alive = b"keep-alive" in conn
-        keep_alive = keep_alive and not ctx.shutting_down
-        req = Request(
-            self.method,
-            raw_path,
-            path,
-            query,
-            version,
-            self.headers,
-            body,
-            keep_alive,
-            self,
-        )
-        req.t0 = self.t0
-        self.deadline = _INF
-        self.deadline_kind = _DL_BUSY
-        if not keep_alive:
-            self._stop_reading()
-        if self.pause_reasons & PAUSE_WRITE or self.deferred:
-            # The client is not reading what was already computed for it: hold this request
-            # back (it counts against max_pipelined, which pauses reading when full). One
-            # flag test per request, no syscall: the transport tells us (pause_writing).
-            self.deferred.append(req)
-            self.inflight += 1
-            if self.inflight >= ctx.max_pipelined:
-                self._pause(PAUSE_PIPELINE)
+    def _bound_chunk_framing(self, n: int, messages: int, chunk_mark: int) -> None:
+        """A chunked body is being read: bound what llhttp buffers between body bytes (an
+        unfinished chunk line or trailer field), as head_raw does for the head."""
+        if messages != self.messages or chunk_mark != self.body_len:
+            self.frame_raw = 0  # a new message, or body bytes arrived in this read
             return
-        self._dispatch(req)
+        self.frame_raw += n
+        ctx = self.ctx
+        if self.frame_raw > ctx.max_header + ctx.max_uri:
+            self._fail(431, "chunk line or trailer fields too large")
 
     # ---- request handling --------------------------------------------------------------------
 
     def _dispatch(self, req: Request) -> None:
+        """Run a request held back (``deferred``): routed again, off the hot path."""
+        self._run(req, *self.ctx.router.resolve(req.method, req.path))
+
+    def _run(self, req: Request, handler: Handler | None, route: Route | None) -> None:
         ctx = self.ctx
         method = req.method
-        handler, route = ctx.router.resolve(method, req.path)
         result: AnyResponse | Awaitable[AnyResponse]
         if handler is None:
             result = no_handler(req, route)
@@ -464,32 +281,13 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
         if isinstance(result, FileResponse | StreamResponse | Response):
             self._respond(req, result)
         else:
-            slot = _Slot(req, None)
+            slot = Slot(req, None)
             self.pending.append(slot)
             task = self.loop.create_task(self._await_handler(slot, result))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    def _check_transfer_encoding(self, version: str) -> None:
-        assert self.te is not None
-        if version == "1.0":
-            raise HttpError(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests")
-        codings = [c.strip().lower() for c in self.te.split(b",")]
-        if codings[-1] != b"chunked":
-            raise HttpError(400, "Transfer-Encoding must end with chunked")
-        if len(codings) > 1:
-            raise HttpError(501, "only the chunked transfer coding is implemented")
-
-    def _expect_continue(self, version: str) -> None:
-        assert self.expect is not None
-        if self.expect.lower() != b"100-continue":
-            raise HttpError(417, "only 'Expect: 100-continue' is supported")
-        has_body = self.content_length > 0 or self.te is not None
-        # 100 goes out only when it cannot overtake an earlier response on this connection.
-        if version == "1.1" and has_body and not self.pending and not self.streaming:
-            self._write(CONTINUE)
-
-    async def _await_handler(self, slot: _Slot, aw: Awaitable[AnyResponse]) -> None:
+    async def _await_handler(self, slot: Slot, aw: Awaitable[AnyResponse]) -> None:
         try:
             resp = await aw
         except asyncio.CancelledError:
@@ -504,7 +302,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
     def _respond(self, req: Request | None, resp: AnyResponse) -> None:
         """Send now if nothing is ahead of this response, otherwise queue it in order."""
         if self.pending or self.streaming:
-            self.pending.append(_Slot(req, resp))
+            self.pending.append(Slot(req, resp))
         else:
             self._send(req, resp)
 
@@ -559,7 +357,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
             self._stop_reading()
             self._close_when_sent()
         elif self.inflight == 0 and not self.in_head:
-            self.deadline_kind = _DL_IDLE
+            self.deadline_kind = DL_IDLE
             self.deadline = self.ctx.now + self.ctx.idle_timeout_s
 
     def _stop_reading(self) -> None:
@@ -588,7 +386,7 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
             # an unread request body does not turn into a RST that destroys our response.
             self.transport.write_eof()
             self._resume(PAUSE_CLOSING)
-            self._set_deadline(_DL_LINGER, LINGER_SECONDS)
+            self._set_deadline(DL_LINGER, LINGER_SECONDS)
         else:
             self._close()
 
@@ -602,19 +400,15 @@ class HttpProtocol(ConnectionFlow, asyncio.Protocol):
 
     # ---- deadlines and shutdown --------------------------------------------------------------
 
-    def _set_deadline(self, kind: int, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self.ctx.now + seconds
-
     def on_deadline(self) -> None:
         """The connection's deadline passed (called by the reactor's sweep)."""
         kind = self.deadline_kind
         self.deadline = _INF
         if self.transport is None or self.transport.is_closing():
             return
-        if kind == _DL_HEAD and self.in_head:
+        if kind == DL_HEAD and self.in_head:
             self._fail(408, "request head not received in time")
-        elif kind == _DL_BODY:
+        elif kind == DL_BODY:
             self._fail(408, "request body not received in time")
         else:
             # idle keep-alive connection, nothing received yet, or a finished lingering close

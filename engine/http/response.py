@@ -138,13 +138,14 @@ def encode_head(
 
     ``date`` is the precomputed ``Date: ...\\r\\n`` line of the owning reactor; ``connection`` is
     ``b""`` or a full ``Connection: ...\\r\\n`` line; ``length`` None means chunked and a
-    negative length means no framing header (the body ends when the connection closes).
+    negative length means no framing header (the body ends when the connection closes). A
+    1xx, 204 or 304 status never gets a framing header (it has no body, RFC 9112 §6.1).
     """
     extra = b"".join(b"%s: %s\r\n" % kv for kv in headers) if headers else b""
-    if length is None:
-        framing = b"Transfer-Encoding: chunked\r\n"
-    elif length < 0 or status in NO_BODY_STATUSES:
+    if status in NO_BODY_STATUSES or (length is not None and length < 0):
         framing = b""
+    elif length is None:
+        framing = b"Transfer-Encoding: chunked\r\n"
     else:
         framing = b"Content-Length: %d\r\n" % length
     ctype = b"Content-Type: %s\r\n" % content_type if content_type else b""

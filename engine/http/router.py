@@ -2,6 +2,9 @@
 
 Lookup is one dict probe for exact paths, then the prefixes longest first. A path that matches
 a route but not its methods answers 405 with ``Allow``; HEAD is served by the GET handler.
+
+A route may cap request bodies below ``limits.max_body_bytes`` (``max_body``): the protocol
+resolves the route when the head arrives and refuses a body over the cap before reading it.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 from engine.http.request import Request
-from engine.http.response import AnyResponse
+from engine.http.response import AnyResponse, Response, error_response
 
 Handler = Callable[[Request], AnyResponse | Awaitable[AnyResponse]]
 
@@ -17,24 +20,47 @@ Handler = Callable[[Request], AnyResponse | Awaitable[AnyResponse]]
 SUPPORTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
+class BodyLimit:
+    """A route's cap on request bodies, checked by the protocol when the head arrives."""
+
+    __slots__ = ("answer", "max_bytes", "unless")
+
+    def __init__(self, max_bytes: int, unless: bytes | None, answer: Response) -> None:
+        self.max_bytes = max_bytes
+        self.unless = unless
+        """A header field name (lower case) whose presence lifts the cap, or None."""
+        self.answer = answer
+        """The 413 a body over the cap gets (the API's error shape); the connection closes."""
+
+    def applies(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        unless = self.unless
+        return unless is None or all(name != unless for name, _ in headers)
+
+
 class Route:
     """The handlers of one path (or prefix), by method."""
 
-    __slots__ = ("allow", "handlers", "path", "prefix")
+    __slots__ = ("allow", "body_limits", "handlers", "path", "prefix")
 
     def __init__(self, path: str, prefix: bool) -> None:
         self.path = path
         self.prefix = prefix
         self.handlers: dict[str, Handler] = {}
         self.allow = b""
+        self.body_limits: dict[str, BodyLimit] | None = None
+        """Per method; None (most routes) costs the protocol one attribute test."""
 
-    def add(self, methods: Iterable[str], handler: Handler) -> None:
+    def add(self, methods: Iterable[str], handler: Handler, limit: BodyLimit | None) -> None:
         for m in methods:
             if m not in SUPPORTED_METHODS or m in ("HEAD", "OPTIONS"):
                 raise ValueError(f"method {m!r} cannot be routed (HEAD and OPTIONS are implied)")
             if m in self.handlers:
                 raise ValueError(f"{m} {self.path} is already routed")
             self.handlers[m] = handler
+            if limit is not None:
+                if self.body_limits is None:
+                    self.body_limits = {}
+                self.body_limits[m] = limit
         if "GET" in self.handlers:
             self.handlers["HEAD"] = self.handlers["GET"]
         self.allow = ", ".join(sorted({*self.handlers, "OPTIONS"})).encode()
@@ -48,11 +74,36 @@ class Router:
         self._prefixes: list[Route] = []
 
     def add(
-        self, methods: Iterable[str], path: str, handler: Handler, *, prefix: bool = False
+        self,
+        methods: Iterable[str],
+        path: str,
+        handler: Handler,
+        *,
+        prefix: bool = False,
+        max_body: int | None = None,
+        max_body_unless: str | None = None,
+        too_large: Response | None = None,
     ) -> None:
-        """Route ``methods`` on ``path`` (or every path starting with it, if ``prefix``)."""
+        """Route ``methods`` on ``path`` (or every path starting with it, if ``prefix``).
+
+        ``max_body`` caps these methods' request bodies (a Content-Length over it is refused
+        before any body byte is read, a chunked body as soon as it passes it), unless the
+        request carries the header ``max_body_unless``. ``too_large`` is the answer (default:
+        a generic JSON 413).
+        """
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
+        methods = tuple(methods)
+        limit = None
+        if max_body is not None:
+            if max_body < 0:
+                raise ValueError(f"max_body must be >= 0: {max_body}")
+            if too_large is None:
+                unless = f" without {max_body_unless}" if max_body_unless else ""
+                msg = f"request bodies of {'/'.join(methods)} {path} are limited to {max_body} "
+                too_large = error_response(413, f"{msg}bytes{unless}")
+            unless_b = max_body_unless.lower().encode("latin-1") if max_body_unless else None
+            limit = BodyLimit(max_body, unless_b, too_large)
         if prefix:
             route = next((r for r in self._prefixes if r.path == path), None)
             if route is None:
@@ -61,7 +112,7 @@ class Router:
                 self._prefixes.sort(key=lambda r: len(r.path), reverse=True)
         else:
             route = self._exact.setdefault(path, Route(path, False))
-        route.add(methods, handler)
+        route.add(methods, handler, limit)
 
     def match(self, path: str) -> Route | None:
         """The route for ``path``: exact first, then the longest prefix."""

@@ -115,3 +115,31 @@ def test_unroutable_methods_raise(method: str) -> None:
 def test_path_must_start_with_slash() -> None:
     with pytest.raises(ValueError, match="must start with '/'"):
         Router().add(["GET"], "x", handler("x"))
+
+
+def test_body_limit_is_kept_per_method_with_its_answer() -> None:
+    r = Router()
+    r.add(iter(["POST", "PUT"]), "/a", handler("a"), max_body=10, max_body_unless="X-Bin")
+    r.add(["GET"], "/a", handler("a-get"))
+    route = r.match("/a")
+    assert route is not None
+    assert route.body_limits is not None
+    assert set(route.body_limits) == {"POST", "PUT"}
+    limit = route.body_limits["POST"]
+    assert (limit.max_bytes, limit.unless, limit.answer.status) == (10, b"x-bin", 413)
+    assert b"POST/PUT /a are limited to 10 bytes without X-Bin" in limit.answer.body
+    assert limit.applies([(b"host", b"h")])
+    assert not limit.applies([(b"host", b"h"), (b"x-bin", b"3")])
+
+
+def test_routes_without_a_body_limit_have_none() -> None:
+    r = Router()
+    r.add(["POST"], "/a", handler("a"))
+    route = r.match("/a")
+    assert route is not None
+    assert route.body_limits is None
+
+
+def test_negative_body_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_body"):
+        Router().add(["POST"], "/a", handler("a"), max_body=-1)
