@@ -42,7 +42,7 @@ class Control:
                 {
                     "name": b.name,
                     "task": b.config.task,
-                    **b.executor.describe(),
+                    **b.executor.describe_admin(),
                     "batching": msgspec.to_builtins(b.batching),
                     "priorities": msgspec.to_builtins(b.config.priorities),
                     "queue_depth": b.snapshot_depths(),

@@ -108,6 +108,11 @@ class Executor(abc.ABC):
         """Facts for ``/v1/models`` and the admin API."""
         return {"executor": self.kind, "instances": self.instances, "simulated": self.simulated}
 
+    def describe_admin(self) -> dict[str, Any]:
+        """``describe`` plus what only the admin plane may show (a gateway model's replica
+        URLs and states)."""
+        return self.describe()
+
 
 def batch_ceiling(configured: int, executor: Executor) -> int:
     """The ceiling of a model's ``max_batch_size``: ``configured`` (its

@@ -7,8 +7,13 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from engine.executors.upstream.executor import UpstreamExecutor
+from engine.executors.upstream.replicas import EJECTED, HEALTHY
 from engine.models.registry import ModelRegistry
-from engine.stats import Histogram
+from engine.scheduler.batcher import Batcher
+from engine.stats import DURATION_BUCKETS, Histogram, cumulative_buckets
+
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 
 def _hist(name: str, doc: str, per_model: list[tuple[str, Histogram]]) -> HistogramMetricFamily:
@@ -22,7 +27,7 @@ class ModelCollector(Collector):
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         models = list(self._registry)
         requests = CounterMetricFamily(
             "infergate_model_requests", "Finished inference requests.", labels=["model", "status"]
@@ -81,3 +86,48 @@ class ModelCollector(Collector):
             "infergate_model_compute_seconds", "Executor time per batch.",
             [(b.name, b.stats.compute_s) for b in models],
         )  # fmt: skip
+        yield from replica_families(models)
+
+
+def replica_families(models: list[Batcher]) -> list[Family]:
+    """Per upstream replica of every gateway model: state, calls in flight, requests, errors,
+    ejections and the latency of successful calls (``UpstreamExecutor.replica_stats``)."""
+    labels = ["model", "replica"]
+    state = GaugeMetricFamily(
+        "infergate_upstream_replica_state",
+        "1 for the replica's current state (healthy or ejected), 0 for the other.",
+        labels=[*labels, "state"],
+    )
+    inflight = GaugeMetricFamily(
+        "infergate_upstream_replica_inflight", "Calls in flight on the replica.", labels=labels
+    )
+    requests = CounterMetricFamily(
+        "infergate_upstream_replica_requests", "Calls the replica answered (any status).",
+        labels=labels,
+    )  # fmt: skip
+    errors = CounterMetricFamily(
+        "infergate_upstream_replica_errors",
+        "Failed calls (connect, reset, timeout, 5xx, malformed answer).", labels=labels,
+    )  # fmt: skip
+    ejections = CounterMetricFamily(
+        "infergate_upstream_replica_ejections", "Times the replica was ejected.", labels=labels
+    )
+    latency = HistogramMetricFamily(
+        "infergate_upstream_replica_latency_seconds",
+        "Duration of successful calls (a streamed call: until its last chunk).", labels=labels,
+    )  # fmt: skip
+    for b in models:
+        if not isinstance(b.executor, UpstreamExecutor):
+            continue
+        for r in b.executor.replica_stats():
+            key = [b.name, r.url]
+            for name in (HEALTHY, EJECTED):
+                state.add_metric([*key, name], 1.0 if r.state == name else 0.0)
+            inflight.add_metric(key, r.inflight)
+            requests.add_metric(key, r.requests)
+            errors.add_metric(key, r.errors)
+            ejections.add_metric(key, r.ejections)
+            latency.add_metric(
+                key, cumulative_buckets(DURATION_BUCKETS, r.latency_buckets), r.latency_sum_s
+            )
+    return [state, inflight, requests, errors, ejections, latency]

@@ -178,13 +178,16 @@ def test_sdk_gets_the_same_vectors_through_the_gateway_as_directly(cluster: Clus
     assert np.allclose(raw.data[0].embedding, direct.data[0].embedding, atol=1e-5)
 
 
-def test_models_lists_the_replicas_with_their_state(cluster: Cluster) -> None:
+def test_admin_lists_the_replicas_and_the_public_models_do_not(cluster: Cluster) -> None:
     (model,) = sdk(cluster.gateway.port).models.list().data
     extra = model.model_extra or {}
     assert extra["executor"] == "openai"
     assert extra["instances"] == 2 * MAX_INFLIGHT
-    assert {r["url"] for r in extra["replicas"]} == {cluster.url(0), cluster.url(1)}
-    assert {r["state"] for r in extra["replicas"]} == {"healthy"}
+    assert extra["replicas_healthy"] == 2
+    assert "replicas" not in extra  # internal addresses stay on the admin plane
+    stats = cluster.replica_stats()
+    assert set(stats) == {cluster.url(0), cluster.url(1)}
+    assert {r["state"] for r in stats.values()} == {"healthy"}
 
 
 def test_concurrent_requests_reach_the_replicas_as_merged_batches(cluster: Cluster) -> None:

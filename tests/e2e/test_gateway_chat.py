@@ -340,3 +340,23 @@ def test_a_replica_killed_mid_stream_fails_only_its_streams_and_comes_back(
         return bool(out.headers["x-infergate-upstream-replica"] == b_url)
 
     wait_until(b_serves, WAIT_S, "the restarted replica serves again")
+
+
+def test_metrics_show_every_replica_and_public_models_hide_them(cluster: Cluster) -> None:
+    """Runs after the kill test: b was ejected once and is healthy again."""
+    with RawConnection(cluster.gateway.port) as c:
+        text = c.request("GET", "/metrics").body.decode()
+    a, b = (s.url for s in cluster.stubs)
+    for url in (a, b):
+        key = {"model": "chat", "replica": url}
+        assert metric(text, "infergate_upstream_replica_state", state="healthy", **key) == 1
+        assert metric(text, "infergate_upstream_replica_state", state="ejected", **key) == 0
+        assert metric(text, "infergate_upstream_replica_inflight", **key) == 0
+        assert metric(text, "infergate_upstream_replica_requests_total", **key) > 0
+        assert metric(text, "infergate_upstream_replica_latency_seconds_count", **key) > 0
+    key = {"model": "chat", "replica": b}
+    assert metric(text, "infergate_upstream_replica_ejections_total", **key) >= 1
+    assert metric(text, "infergate_upstream_replica_errors_total", **key) >= 2
+    models = {m.id: m.model_extra or {} for m in cluster.sdk().models.list().data}
+    assert "replicas" not in models["chat"]
+    assert models["chat"]["replicas_healthy"] == 2

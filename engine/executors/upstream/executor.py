@@ -125,10 +125,17 @@ class UpstreamExecutor(Executor):
         return self.replicas.stats()
 
     def describe(self) -> dict[str, Any]:
+        """Public facts: no replica URLs (they are internal addresses)."""
         d = super().describe()
         d.update(
             upstream_model=self.upstream_model,
             max_inflight=self.cfg.max_inflight,
-            replicas=[s.as_dict() for s in self.replicas.stats()],
+            replicas_healthy=sum(s.state == "healthy" for s in self.replicas.stats()),
         )
+        return d
+
+    def describe_admin(self) -> dict[str, Any]:
+        """``describe`` plus every replica's URL, state and counters (``/admin/models``)."""
+        d = self.describe()
+        d["replicas"] = [s.as_dict() for s in self.replicas.stats()]
         return d
