@@ -135,11 +135,12 @@ def main() -> None:
     )  # fmt: skip
     ex.load()
     print("input     tokens  tokenise µs/item (1 / 32 per request)  infer µs/item (32)")
-    for name, data, f in (
+    cases: list[tuple[str, Sequence[Any], Callable[[Any], Any]]] = [
         ("query", queries, enc.encode),
         ("passage", passages, enc.encode),
         ("pair", pairs, enc.encode_pairs),
-    ):
+    ]
+    for name, data, f in cases:
         toks = f(data[:64])
         mean_len = sum(len(t) for t in toks) / len(toks)
         one, many = per_item(f, data, 1), per_item(f, data, 32)
