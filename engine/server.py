@@ -14,6 +14,7 @@ from engine.api.chat import add_chat_routes
 from engine.api.health import add_health_routes, add_metrics_route
 from engine.api.kserve import add_kserve_routes
 from engine.api.openai import add_openai_routes
+from engine.api.text import add_text_routes
 from engine.auth.admin import admin_planes
 from engine.config import ServerConfig, parse_listen
 from engine.control import Control
@@ -73,6 +74,7 @@ class Server:
         self.registry.register(ModelCollector(self.models))
         add_openai_routes(self.router, self.models)
         add_chat_routes(self.router, self.models)
+        add_text_routes(self.router, self.models)
         add_kserve_routes(self.router, self.models)
         for plane in admin_planes(
             self.router, self.admin_router, config.admin_token, config.admin_on_public

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from engine.http.request import Request
 from engine.http.response import AnyResponse, error_response
@@ -59,10 +60,8 @@ class GuardedRoutes(Router):
         self._target = target
         self._guard = guard
 
-    def add(
-        self, methods: Iterable[str], path: str, handler: Handler, *, prefix: bool = False
-    ) -> None:
-        self._target.add(methods, path, self._guard(handler), prefix=prefix)
+    def add(self, methods: Iterable[str], path: str, handler: Handler, **options: Any) -> None:
+        self._target.add(methods, path, self._guard(handler), **options)
 
 
 def hide_admin_routes(router: Router) -> None:

@@ -12,6 +12,7 @@ from engine.config import BatchingConfig, ModelConfig
 from engine.executors.base import Executor, ExecutorError, batch_ceiling
 from engine.executors.onnx import OnnxEmbeddingExecutor
 from engine.executors.onnx_tensor import OnnxTensorExecutor
+from engine.executors.onnx_text import TEXT_TASKS, build_text_executor
 from engine.executors.sim import SimExecutor
 from engine.executors.spec import ModelSpec
 from engine.executors.tensorrt import TensorRTEmbeddingExecutor
@@ -36,6 +37,10 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
         )
     if cfg.task == "tensor" and cfg.executor in ("onnxruntime", "tensorrt"):
         return build_tensor_executor(cfg, base_dir)
+    if cfg.executor == "onnxruntime" and cfg.task in TEXT_TASKS:
+        # any text model (MiniLM included): token lengths known at submit, so token budgets
+        # work; the outputs equal the MiniLM-only executor's
+        return build_text_executor(cfg, base_dir)
     if cfg.executor in ("onnxruntime", "tensorrt"):
         if cfg.task != "embeddings":
             raise ExecutorError(f"model {cfg.name}: {cfg.executor} serves task 'embeddings' only")

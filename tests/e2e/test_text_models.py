@@ -2,9 +2,8 @@
 embeddings and plain HTTP for rerank and classify, each checked against the same graph run in
 the test.
 
-The server's model registry builds text executors through ``engine.executors.onnx_text`` here
-(``_build_executor`` below) and the rerank/classify routes are added to its router: the same
-two lines that engine/server.py and engine/models/registry.py carry once wired.
+The server's model registry builds text executors through ``engine.executors.onnx_text`` and
+serves the rerank/classify routes.
 """
 
 from __future__ import annotations
@@ -21,14 +20,10 @@ import numpy as np
 import openai
 import pytest
 
-import engine.models.registry as registry_module
-from engine.api.text import MAX_RERANK_DOCUMENTS, add_text_routes
+from engine.api.text import MAX_RERANK_DOCUMENTS
 from engine.config import ModelConfig, ServerConfig
-from engine.executors.base import Executor
 from engine.executors.onnx_text import (
     PARAPHRASE_L3,
-    TEXT_TASKS,
-    build_text_executor,
     distribution_file,
 )
 from engine.models.text import Array, l2_normalize, pool, sigmoid, softmax
@@ -54,16 +49,6 @@ def _l3_installed() -> bool:
     except Exception:
         return False
     return True
-
-
-_original_build = registry_module.build_executor
-
-
-def _build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
-    """registry.build_executor plus the text branch (onnxruntime + a text task)."""
-    if cfg.executor == "onnxruntime" and cfg.task in TEXT_TASKS:
-        return build_text_executor(cfg, base_dir)
-    return _original_build(cfg, base_dir)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +86,7 @@ def server(folders: dict[str, Path]) -> Iterator[Server]:
         models.append(ModelConfig(name="l3", task="embeddings", executor="onnxruntime",
                                   model_file=PARAPHRASE_L3))  # fmt: skip
     cfg = ServerConfig(listen="127.0.0.1:0", sub_reactors=2, admin_listen="", models=models)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry_module, "build_executor", _build_executor)
-        s = Server(cfg)
-    add_text_routes(s.router, s.models)
+    s = Server(cfg)
     s.start()
     t = threading.Thread(target=s.run, kwargs={"install_signals": False})
     t.start()
