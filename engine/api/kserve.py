@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from engine.api.common import (
+    BODY_TOO_LARGE,
     HTTP_ERRORS,
     MODEL_NOT_FOUND,
     ApiError,
@@ -38,6 +39,7 @@ from engine.api.common import (
 )
 from engine.api.kserve_codec import (
     JSON_CHUNK,
+    MAX_JSON_BYTES,
     OFFLOAD_BYTES,
     OutputTensor,
     OutputWanted,
@@ -289,7 +291,21 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
     router.add(["GET"], "/v2/health/ready", ready)
     router.add(["GET"], "/v2", server_meta)
     router.add(["GET"], "/v2/models/", model_get, prefix=True)
-    router.add(["POST"], "/v2/models/", model_post, prefix=True)
+    router.add(  # the JSON limit is checked when the head arrives, before the body is read
+        ["POST"],
+        "/v2/models/",
+        model_post,
+        prefix=True,
+        max_body=MAX_JSON_BYTES,
+        max_body_unless="Inference-Header-Content-Length",
+        too_large=kserve_error(
+            413,
+            BODY_TOO_LARGE,
+            f"the JSON part of an inference request is limited to {MAX_JSON_BYTES} bytes: send "
+            "big tensors as binary data (parameters.binary_data_size with "
+            "Inference-Header-Content-Length; tritonclient: binary_data=True)",
+        ),
+    )
 
 
 def _strip_version(rest: str) -> str:

@@ -133,5 +133,13 @@ def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
         ]
         return json_response({"object": "list", "data": data})
 
-    router.add(["POST"], "/v1/embeddings", embeddings)
+    router.add(  # the body limit is checked when the head arrives, before the body is read
+        ["POST"],
+        "/v1/embeddings",
+        embeddings,
+        max_body=MAX_BODY_BYTES,
+        too_large=api_error_response(
+            ApiError(413, BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        ),
+    )
     router.add(["GET"], "/v1/models", models)

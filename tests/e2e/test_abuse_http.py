@@ -167,3 +167,35 @@ def test_pipelined_inference_for_a_client_that_never_reads_is_capped(tmp_path: P
             assert "over limits.max_unsent_bytes" in server.log_text()
         finally:
             sock.close()
+
+
+def announce(target: str, length: int, *headers: tuple[str, str]) -> bytes:
+    """A POST head announcing ``length`` body bytes and asking to continue: no body follows."""
+    fields = [("Content-Type", "application/json"), ("Expect", "100-continue"), *headers]
+    return build_request("POST", target, [*fields, ("Content-Length", str(length))])
+
+
+def test_json_body_over_the_route_limit_is_refused_before_it_is_sent(
+    start_server: ServerFactory,
+) -> None:
+    """Issue 7.9: the APIs' 1 MiB JSON limit is checked when the head arrives: an 8 MB body is
+    never read (no 100 Continue; the 413 comes at once, in each API's error shape, and closes).
+    KServe bodies with Inference-Header-Content-Length (binary tensors) are exempt."""
+    server = start_server(limits={"max_body_bytes": 8 * 1024 * 1024})
+    kserve = "/v2/models/sim-tensor/infer"
+    for target in ("/v1/embeddings", kserve):
+        with RawConnection(server.port) as c:
+            c.send(announce(target, 8_000_000))
+            r = c.read_response()
+            assert r.status == 413
+            assert r.header("connection") == "close"
+            assert r.header("x-infergate-drop-reason") == "body_too_large"
+            err = json.loads(r.body)["error"]
+            if target == kserve:
+                assert "binary_data" in err  # KServe's shape: a message string
+            else:
+                assert err["code"] == "body_too_large"
+            c.assert_closed()
+    with RawConnection(server.port) as c:
+        c.send(announce(kserve, 4_000_000, ("Inference-Header-Content-Length", "100")))
+        assert c.read_response().status == 100
