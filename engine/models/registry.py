@@ -18,6 +18,7 @@ from engine.executors.spec import ModelSpec
 from engine.executors.tensorrt import TensorRTEmbeddingExecutor
 from engine.executors.tensorrt_tensor import TensorRTTensorExecutor
 from engine.executors.upstream.generate import GenerateExecutor
+from engine.executors.upstream.kserve import KServeTensorExecutor
 from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from engine.scheduler.batcher import Batcher
@@ -74,10 +75,18 @@ def build_executor(cfg: ModelConfig, base_dir: str) -> Executor:
             return GenerateExecutor(cfg.name, cfg.upstreams, cfg.upstream_model, cfg.upstream)
         except ExecutorError as e:
             raise ExecutorError(f"model {cfg.name}: {e}") from e
+    if cfg.executor == "kserve" and cfg.task == "tensor":
+        try:
+            return KServeTensorExecutor(
+                cfg.name, cfg.upstreams, cfg.upstream_model, cfg.upstream,
+                max_batch_size=cfg.batching.max_batch_size,
+            )  # fmt: skip
+        except ExecutorError as e:
+            raise ExecutorError(f"model {cfg.name}: {e}") from e
     if cfg.executor in ("openai", "kserve"):
         raise ExecutorError(
             f"model {cfg.name}: executor {cfg.executor!r} with task {cfg.task!r} is not "
-            "supported yet (gateway mode serves embeddings through openai upstreams)"
+            "supported (gateway mode: openai for embeddings and generate, kserve for tensor)"
         )
     raise ExecutorError(f"model {cfg.name}: unknown executor {cfg.executor!r}")
 

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ class UpstreamReply:
     """The whole body (``post``); empty for a relayed call (``stream``)."""
     seconds: float
     """Upstream time: from sending the request to the end of the response body."""
+    header_length: int | None = None
+    """``Inference-Header-Content-Length`` (KServe binary answers): the JSON part's size."""
 
 
 class _NotSent(Exception):
@@ -120,9 +123,16 @@ class UpstreamClient:
 
     # ---- calls (slot threads) ----------------------------------------------------------------
 
-    def post(self, path: str, body: bytes) -> UpstreamReply:
-        """POST ``body`` (JSON) to ``path`` on the least loaded healthy replica. Thread-safe;
-        blocks the calling slot thread until the reply or a failure.
+    def post(
+        self,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str] = JSON_HEADERS,
+        method: str = "POST",
+    ) -> UpstreamReply:
+        """POST ``body`` (JSON unless ``headers`` say otherwise; ``method`` GET with no body
+        reads a document) to ``path`` on the least loaded healthy replica. Thread-safe;
+        blocks the calling thread until the reply or a failure.
 
         A replica that cannot be connected to (nothing was sent) is counted as failed and the
         call is retried on another one; every other failure is final.
@@ -135,19 +145,26 @@ class UpstreamClient:
         while True:
             replica = self.replicas.acquire(tried, wait_s=self._request_s)
             try:
-                return self._attempt(replica, path, body)
+                return self._attempt(replica, path, body, headers, method)
             except _NotSent as e:
                 log.warning("model %s: %s unreachable, retrying elsewhere: %s", self.model,
                             replica.url, e)  # fmt: skip
                 tried.append(replica)  # acquire raises once every replica has been tried
 
-    def _attempt(self, replica: Replica, path: str, body: bytes) -> UpstreamReply:
+    def _attempt(
+        self,
+        replica: Replica,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        method: str,
+    ) -> UpstreamReply:
         """One call to ``replica``; always releases it, with the outcome."""
         url = replica.url
         t0 = time.monotonic()
-        fut = self._submit(self._post(url + path, body))
+        fut = self._submit(self._send(method, url + path, body, headers))
         try:
-            status, payload = fut.result(self._request_s + CALL_MARGIN_S)
+            status, payload, hlen = fut.result(self._request_s + CALL_MARGIN_S)
         except _NotSent as e:
             self.replicas.release(replica, failure=f"connect: {e}")
             raise
@@ -171,7 +188,7 @@ class UpstreamClient:
             self.replicas.release(replica)  # it answered: not an outlier
             raise upstream_error(status, _error_text(payload), url)
         self.replicas.release(replica, latency_s=seconds)
-        return UpstreamReply(url, status, payload, seconds)
+        return UpstreamReply(url, status, payload, seconds, hlen)
 
     def stream(self, path: str, body: bytes, relay: Relay) -> UpstreamReply | None:
         """POST ``body`` to ``path`` on the least loaded healthy replica and relay the answer
@@ -266,11 +283,15 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, int | None]:
         assert self._session is not None
         try:
-            async with self._session.post(url, data=body, headers=JSON_HEADERS) as resp:
-                return resp.status, await resp.read()
+            async with self._session.request(method, url, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                raw = resp.headers.get("Inference-Header-Content-Length")
+                return resp.status, payload, int(raw) if raw and raw.isdigit() else None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             # raised while opening a new connection: no byte of the request was written
             raise _NotSent(str(e) or type(e).__name__) from e
