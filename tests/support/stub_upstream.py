@@ -12,7 +12,8 @@ unchanged; the openai SDK sends it with ``extra_body={"stub": {...}}``):
 - ``gate`` and ``gate_at``: before chunk ``gate_at`` (default 0: before the answer's head),
   wait until ``POST /_stub/release`` with ``{"gate": name}``;
 - ``status`` and ``message``: answer this error status instead (OpenAI's error shape);
-- ``abort_after``: cut the connection after this many chunks (a replica dying mid-stream).
+- ``abort_after``: cut the connection after this many chunks (a replica dying mid-stream);
+- ``interval_ms``: pause between chunks, as a generating server does (benchmarks only).
 
 ``GET /_stub/log`` returns the events: ``arrive`` (with ``priority`` and ``model`` as
 received), ``wait`` (blocked on a gate), ``closed`` (the client closed the connection before
@@ -110,6 +111,8 @@ class Stub:
                 self.note("aborted", tag)
                 return resp
             await self._wait_gate(opts, tag, i) if i else None
+            if i and opts.get("interval_ms"):
+                await asyncio.sleep(float(opts["interval_ms"]) / 1000)  # generation time
             delta = {"delta": {"content": f"tok{i} "}} if chat else {"text": f"tok{i} "}
             chunk = {"id": "stub-1", "object": "chat.completion.chunk" if chat else
                      "text_completion", "created": 0, "model": body.get("model"),
