@@ -89,8 +89,10 @@ async def generate(req: Request, registry: ModelRegistry, path: str) -> AnyRespo
     if conn is not None:
         conn.on_client_eof(client_gone)
     handed = False  # the stream's body takes over client_gone
+    req.notes = {"model": batcher.name, "priority": level, "stream": stream}  # the access log
     try:
         head = await _admitted(relay)
+        req.notes["upstream"] = head.replica
         headers: Headers = [
             *telemetry(ireq)[:1],  # X-Infergate-Queue-Us: the rest is known only at the end
             (b"X-Infergate-Upstream-Replica", head.replica.encode()),
@@ -101,6 +103,7 @@ async def generate(req: Request, registry: ModelRegistry, path: str) -> AnyRespo
             return StreamResponse(body_iter, head.status, head.content_type, headers)
         return await _whole(relay, ireq, head)
     except HTTP_ERRORS as e:
+        req.notes["error"] = e.reason if isinstance(e, Rejection) else "invalid_input"
         return api_error_response(e)
     except asyncio.CancelledError:  # the connection was lost
         client_gone()
