@@ -203,7 +203,11 @@ class MainReactor:
         self._accept_paused = False
         self._started = threading.Event()
         self.on_sighup: Callable[[], None] | None = None
-        """Called on the main reactor's loop for SIGHUP (config reload), if set."""
+        """Called for SIGHUP (config reload), if set, on the reload thread: never on this loop,
+        so a slow reload cannot delay a stop signal. Reloads run one at a time, in order."""
+        self._reloader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reloads = 0
+        """Reloads submitted and not finished (at most two: one running, one queued)."""
         self.draining = False
         """True from the moment shutdown begins (before the grace period): ``/healthz`` reads
         it to answer 503. Written by the main reactor's loop only; read from any thread."""
@@ -227,7 +231,7 @@ class MainReactor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self._on_stop)
             if self.on_sighup is not None:
-                self.loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+                self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.mode == "handoff":
             self.loop.add_reader(self.listeners[0].fileno(), self._on_acceptable)
         self._started.set()
@@ -240,6 +244,9 @@ class MainReactor:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self.loop.remove_signal_handler(sig)
+        if self._reloader is not None:
+            # a reload still running finishes on its thread; one queued is dropped
+            self._reloader.shutdown(wait=False, cancel_futures=True)
         log.info("stopped (%d connection(s) cut at the drain timeout)", cut)
         return cut
 
@@ -275,6 +282,26 @@ class MainReactor:
                 log.exception("the drain cut-off callback failed")
         cuts = [asyncio.wrap_future(s.cut(write_s)) for s in self.subs]
         return sum(await asyncio.gather(*cuts))
+
+    def _on_sighup(self) -> None:
+        """SIGHUP: hand the reload to the reload thread. A SIGHUP while one runs queues one more
+        (the file may have changed again); beyond that it is ignored, with a log line."""
+        if self._reloads >= 2:
+            log.warning("SIGHUP: a reload is running and another is queued; ignoring this one")
+            return
+        if self._reloads:
+            log.warning("SIGHUP: a reload is still running; this one runs after it")
+        if self._reloader is None:
+            self._reloader = concurrent.futures.ThreadPoolExecutor(1, "infergate-reload")
+        assert self.on_sighup is not None
+        self._reloads += 1
+        fut = self.loop.run_in_executor(self._reloader, self.on_sighup)
+        fut.add_done_callback(self._reload_done)
+
+    def _reload_done(self, fut: asyncio.Future[None]) -> None:
+        self._reloads -= 1
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("SIGHUP: the reload failed", exc_info=fut.exception())
 
     def _on_stop(self) -> None:
         """First stop request: begin shutdown; a second one during the grace skips the rest."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -161,3 +163,51 @@ def test_grace_keeps_serving_while_draining(executor: ThreadPoolExecutor) -> Non
     assert srv.join() == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=JOIN_S).close()
+
+
+# ---- SIGHUP: the reload runs off the main reactor's loop ----------------------------------------
+
+
+def test_a_slow_reload_runs_off_the_loop_and_never_delays_a_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGHUP runs ``on_sighup`` on the reload thread, one at a time: while a reload hangs, a
+    second SIGHUP is queued (logged), a third ignored (logged), and SIGTERM still stops the
+    reactor at once. Signal handlers need the main thread: the reactor runs on it here."""
+    release = threading.Event()
+    started = threading.Event()
+    threads: list[str] = []
+
+    def slow_reload() -> None:
+        threads.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(JOIN_S), "the test never released the reload"
+
+    main = MainReactor([], [], "reuseport", drain_timeout_s=1.0, drain_grace_s=0.0)
+    main.on_sighup = slow_reload
+
+    def drive() -> None:  # on a helper thread while run() holds the main one
+        try:
+            signal.raise_signal(signal.SIGHUP)
+            assert started.wait(JOIN_S), "the reload did not start"
+            for _ in range(2):
+                signal.raise_signal(signal.SIGHUP)
+            wait_until(
+                lambda: "ignoring this one" in caplog.text, JOIN_S, "the third SIGHUP is logged"
+            )
+        finally:
+            signal.raise_signal(signal.SIGTERM)  # whatever happened, run() must return
+
+    helper = threading.Thread(target=drive, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="infergate.net"):
+        try:
+            assert main.run(True, helper.start) == 0  # returns while the reload still hangs
+            assert not release.is_set()
+            assert threads == ["infergate-reload_0"]  # not the main thread
+            assert "a reload is still running; this one runs after it" in caplog.text
+        finally:
+            release.set()
+            helper.join(JOIN_S)
+    assert main._reloader is not None
+    main._reloader.shutdown(wait=True)
+    assert threads == ["infergate-reload_0"]  # the queued reload was dropped at the stop
