@@ -211,6 +211,9 @@ class LevelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     level (and stop timing it)."""
     allow_override: bool = True
     """Whether a client may shorten the timeout (``X-Request-Timeout-Ms``)."""
+    min_share: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    """Share of executor time this level keeps while it has work, even when higher levels
+    could use all of it (lower levels are slowed, never starved); 0 = strict priority."""
 
 
 class PrioritiesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
