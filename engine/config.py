@@ -99,6 +99,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     characters); when set, the admin listener asks for it too."""
     metrics_on_admin: bool = False
     """Serve ``/metrics`` on the admin listener only (404 on the public one)."""
+    tls_cert_file: str = ""
+    """PEM certificate chain (server certificate first) for HTTPS on the public listener,
+    relative to the config file; ``""`` = plain HTTP. Needs ``tls_key_file``."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file`` (unencrypted), relative to the config file."""
+    admin_tls: bool = False
+    """Serve the admin listener over HTTPS too, with the same certificate."""
     limits: Limits = msgspec.field(default_factory=Limits)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     model_repository: str = ""
@@ -115,6 +122,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ValueError("admin_on_public needs an admin_token of at least 16 characters")
         if self.metrics_on_admin and not self.admin_listen:
             raise ValueError("metrics_on_admin needs an admin_listen address")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.admin_tls and not (self.tls_cert_file and self.admin_listen):
+            raise ValueError("admin_tls needs tls_cert_file, tls_key_file and an admin_listen")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
