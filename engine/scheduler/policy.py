@@ -127,3 +127,56 @@ def plan_token_batch(
         if rows >= max_items:
             break
     return sorted(take.items())
+
+
+# ---- shares between priority levels (min_share) ----------------------------------------------
+
+
+def pick_level(
+    backlogged: Sequence[bool], credits: Sequence[float], shares: Sequence[float]
+) -> int:
+    """The level (0-based) a free slot serves next.
+
+    Strict priority — the highest backlogged level — unless a lower backlogged level with a
+    ``min_share`` is owed executor time (its credit is not negative, see
+    :func:`charge_levels`); then the highest such level. Returns -1 when nothing is queued.
+    """
+    top = -1
+    for i, b in enumerate(backlogged):
+        if b:
+            top = i
+            break
+    if top < 0:
+        return -1
+    for i in range(top + 1, len(backlogged)):
+        if backlogged[i] and shares[i] > 0 and credits[i] >= 0:
+            return i
+    return top
+
+
+def charge_levels(
+    credits: Sequence[float],
+    shares: Sequence[float],
+    backlogged: Sequence[bool],
+    used_s: Sequence[float],
+) -> list[float]:
+    """Credits after a batch that took ``used_s[i]`` seconds of executor time for level ``i``.
+
+    While levels compete (two or more backlogged or served), each level with a share earns
+    ``share x seconds`` of every batch and pays for its own part, so a level served whenever
+    its credit is not negative gets exactly its share over time (one batch in ten for 0.1).
+    A level without work banks nothing (credit capped at 0) but keeps a debt, so a trickle of
+    lower-priority requests cannot jump the queue more than its share. Alone, nobody is
+    charged: an idle box owes nothing.
+    """
+    total = sum(used_s)
+    active = [b or u > 0 for b, u in zip(backlogged, used_s, strict=True)]
+    out = list(credits)
+    if sum(active) < 2 or total <= 0:
+        return [c if b else min(c, 0.0) for c, b in zip(out, backlogged, strict=True)]
+    for i, share in enumerate(shares):
+        if share > 0 and active[i]:
+            out[i] = max(out[i] + share * total - used_s[i], -total)
+        if not backlogged[i]:
+            out[i] = min(out[i], 0.0)
+    return out
