@@ -30,8 +30,10 @@ from textual.widgets import (
     Static,
 )
 
+from engine.auth.metrics import KeyMetrics
 from engine.control import Control, ControlError
 from engine.snapshot import EngineSnapshot
+from tui.keys import KeysPanel
 from tui.view import ModelRow, fmt_ms, http_row, rows
 
 POLICIES = ("off", "window", "adaptive")
@@ -179,8 +181,10 @@ class Dashboard(App[None]):
         on_exit: Callable[[], None] | None = None,
         clock: bool = True,
         driver_class: type[Driver] | None = None,
+        keys: KeyMetrics | None = None,
     ) -> None:
         super().__init__(driver_class=driver_class)
+        self.keys = keys  # per-key counters for the top-keys panel (None: no panel)
         self.clock = clock
         self.engine = engine
         self.refresh_s = refresh_s
@@ -203,6 +207,8 @@ class Dashboard(App[None]):
                 yield Label("mean batch size (items)", classes="caption")
                 yield Sparkline([], id="spark-batch")
             yield Static("", id="info")
+        if self.keys is not None:
+            yield KeysPanel(self.keys, id="keys")
         yield RichLog(id="log", max_lines=200, wrap=False)
         yield Footer()
 
@@ -221,6 +227,8 @@ class Dashboard(App[None]):
         snap = self.engine.snapshot()
         # Rates over at least one second, so a 4 Hz refresh does not make them jitter.
         if snap.at - self._window_start.at >= 1.0:
+            if self.keys is not None:
+                self.query_one("#keys", KeysPanel).refresh_keys(snap.at - self._window_start.at)
             self._last, self._window_start = self._window_start, snap
         base = self._last if self._last is not snap else snap
         self.rows = rows(base, snap)
