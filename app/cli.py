@@ -15,6 +15,7 @@ from app.runtime import JsonFormatter, ServerView, reload_batching
 from engine import __version__
 from engine.executors.base import ExecutorError
 from engine.models.repository import RepositoryError, check_repository, describe_entry
+from engine.net.tls import TlsError
 from engine.server import Server
 
 log = logging.getLogger("infergate")
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExecutorError as e:
         print(f"infergate: {e}", file=sys.stderr)
         return 2
+    except TlsError as e:
+        print(f"infergate: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"infergate: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
         return 1
@@ -110,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     admin = "off"
     if server.admin_address is not None:
         ahost, aport = server.admin_address
-        admin = f"http://{f'[{ahost}]' if ':' in ahost else ahost}:{aport}"
+        admin = f"{server.admin_scheme}://{f'[{ahost}]' if ':' in ahost else ahost}:{aport}"
     status = (
-        f"infergate {__version__} listening on http://{shown}:{port} "
+        f"infergate {__version__} listening on {server.scheme}://{shown}:{port} "
         f"({len(server.subs)} sub-reactors, {cfg.accept_mode}; static: "
         f"{loaded.static_root or 'off'}; models: {models or 'none'}; admin: {admin})"
     )

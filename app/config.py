@@ -62,6 +62,9 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Lo
     except msgspec.ValidationError as e:
         raise ConfigError(f"config {source}: {e}") from None
     server, repo_path, entries = _with_repository(server, base_dir, source)
+    if server.tls_cert_file:  # checked (readable, PEM, key matches) by engine.net.tls at start
+        cert, key = (os.path.join(base_dir, p) for p in (server.tls_cert_file, server.tls_key_file))
+        server = msgspec.structs.replace(server, tls_cert_file=cert, tls_key_file=key)
     resolved = os.path.normpath(os.path.join(base_dir, server.static_root))
     static_root: str | None = resolved
     if not os.path.isdir(resolved):

@@ -52,6 +52,7 @@ def reload_batching(server: Server, path: str | None, overrides: dict[str, Any])
     control interface, all or nothing: the whole file must validate, and every change must be
     acceptable to its model, before any is applied. Other differences (new or removed models,
     queue sizes, executors...) are reported; they need a restart."""
+    server.reload_tls()  # the certificate and key files (see engine.net.tls)
     if path is None:
         log.warning("SIGHUP: no config file to reload (started without --config)")
         return

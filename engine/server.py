@@ -23,6 +23,7 @@ from engine.http.static import StaticFiles
 from engine.models.metrics import ModelCollector
 from engine.models.registry import ModelRegistry
 from engine.net.reactor import MainReactor, SubReactor, open_listeners
+from engine.net.tls import ServerTls
 from engine.stats import HttpCollector
 
 log = logging.getLogger("infergate")
@@ -44,6 +45,15 @@ class Server:
         self, config: ServerConfig, static_root: str | None = None, base_dir: str = "."
     ) -> None:
         self.config = config
+        self.tls: ServerTls | None = None  # HTTPS (engine.net.tls); TlsError names a bad file
+        if config.tls_cert_file:
+            self.tls = ServerTls(
+                os.path.join(base_dir, config.tls_cert_file),
+                os.path.join(base_dir, config.tls_key_file),
+            )
+        public_tls = self.tls.context if self.tls else None
+        self.scheme = "https" if self.tls else "http"
+        self.admin_scheme = "https" if config.admin_tls else "http"
         self.router = Router()
         self.registry = CollectorRegistry(auto_describe=True)
         n = config.sub_reactors or os.cpu_count() or 1
@@ -51,7 +61,9 @@ class Server:
             max_workers=4, thread_name_prefix="infergate-file"
         )
         self.subs = [
-            SubReactor(i, self.router, config.limits, self.file_executor, config.access_log)
+            SubReactor(
+                i, self.router, config.limits, self.file_executor, config.access_log, tls=public_tls
+            )
             for i in range(n)
         ]
         self.registry.register(HttpCollector([s.stats for s in self.subs]))
@@ -61,7 +73,12 @@ class Server:
         if config.admin_listen:
             self.admin_router = Router()
             self.admin_sub = SubReactor(
-                n, self.admin_router, config.limits, self.file_executor, config.access_log
+                n,
+                self.admin_router,
+                config.limits,
+                self.file_executor,
+                config.access_log,
+                tls=public_tls if config.admin_tls else None,
             )
         add_health_routes(self.router, self.is_draining)
         if not config.metrics_on_admin:
@@ -154,6 +171,13 @@ class Server:
                 self.admin_sub.stop()
             self.models.close()
             self.file_executor.shutdown(wait=False, cancel_futures=True)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the TLS certificate and key; new connections get them, open ones
+        keep theirs; files that cannot be used are logged and the old ones keep serving.
+        Thread-safe (the reload thread)."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def is_draining(self) -> bool:
         """True once graceful shutdown has begun (during ``drain_grace_ms`` too, while the

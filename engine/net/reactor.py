@@ -21,8 +21,10 @@ import errno
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvloop
 
@@ -31,6 +33,7 @@ from engine.http.bounds import ProcessBounds
 from engine.http.protocol import HttpContext, HttpProtocol
 from engine.http.router import Router
 from engine.logutil import RateLimitedLog
+from engine.net.tls import TLS_SHUTDOWN_S, TlsHttpProtocol
 from engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.net")
@@ -62,9 +65,12 @@ class SubReactor:
         file_executor: concurrent.futures.ThreadPoolExecutor,
         access_log: bool = False,
         bounds: ProcessBounds | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``bounds``: the process-wide caps; by default the one shared by every sub-reactor
-        built with equal ``limits`` (``engine.http.bounds.process_bounds``)."""
+        built with equal ``limits`` (``engine.http.bounds.process_bounds``). ``tls``: serve
+        HTTPS (``engine.net.tls``); the handshake must finish within ``header_timeout_ms``,
+        after which the HTTP layer's own timeouts start (at ``connection_made``)."""
         self.index = index
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.stats = ReactorStats()
@@ -77,6 +83,14 @@ class SubReactor:
         )
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
+        self._tls: dict[str, Any] = {}
+        self._protocol = HttpProtocol if tls is None else TlsHttpProtocol
+        if tls is not None:
+            self._tls = {
+                "ssl": tls,
+                "ssl_handshake_timeout": limits.header_timeout_ms / 1000,
+                "ssl_shutdown_timeout": TLS_SHUTDOWN_S,
+            }
 
     def start(self) -> None:
         self._thread.start()
@@ -98,7 +112,7 @@ class SubReactor:
         self.loop.call_later(self._tick_s, self._tick)
 
     def _factory(self) -> HttpProtocol:
-        return HttpProtocol(self.ctx)
+        return self._protocol(self.ctx)
 
     # ---- entry points from other threads ---------------------------------------------------
 
@@ -112,16 +126,18 @@ class SubReactor:
 
     async def _connect(self, sock: socket.socket) -> None:
         try:
-            await self.loop.connect_accepted_socket(self._factory, sock)
-        except OSError as e:
-            log.debug("dropping a connection that failed before its first byte: %s", e)
+            await self.loop.connect_accepted_socket(self._factory, sock, **self._tls)
+        except OSError as e:  # TLS: a failed or timed-out handshake (uvloop closed the socket)
+            log.debug("dropping a connection that failed before its first request: %s", e)
             sock.close()
 
     def serve_reuseport(self, sock: socket.socket) -> None:
         """Accept on ``sock`` (an SO_REUSEPORT listener) in this reactor. Thread-safe; blocks."""
 
         async def serve() -> None:
-            self._server = await self.loop.create_server(self._factory, sock=sock, backlog=4096)
+            self._server = await self.loop.create_server(
+                self._factory, sock=sock, backlog=4096, **self._tls
+            )
 
         asyncio.run_coroutine_threadsafe(serve(), self.loop).result()
 

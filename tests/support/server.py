@@ -15,8 +15,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLOW_APP = Path(__file__).resolve().parent / "slow_app.py"
-READY_RE = re.compile(r"^infergate (\S+) listening on http://127\.0\.0\.1:(\d+) \((.*)\)$")
-ADMIN_RE = re.compile(r"admin: http://127\.0\.0\.1:(\d+)")
+READY_RE = re.compile(r"^infergate (\S+) listening on (https?)://127\.0\.0\.1:(\d+) \((.*)\)$")
+ADMIN_RE = re.compile(r"admin: (https?)://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -96,10 +96,13 @@ class ServerProcess:
         match = READY_RE.match(line)
         assert match is not None
         self.version = match.group(1)
-        self.port = int(match.group(2))
-        admin = ADMIN_RE.search(match.group(3))
-        self.admin_port: int | None = int(admin.group(1)) if admin else None
+        self.scheme = match.group(2)
+        """``http``, or ``https`` when the public listener serves TLS."""
+        self.port = int(match.group(3))
+        admin = ADMIN_RE.search(match.group(4))
+        self.admin_port: int | None = int(admin.group(2)) if admin else None
         """The admin listener's port (``/admin/*``), None when it is off."""
+        self.admin_scheme: str | None = admin.group(1) if admin else None
         self.ready_line = line
 
     def __enter__(self) -> ServerProcess:

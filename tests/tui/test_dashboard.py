@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def server() -> Iterator[Server]:
     cfg = ServerConfig(
         listen="127.0.0.1:0",
+        admin_listen="",  # the dashboard needs no admin listener (and no fixed port)
         sub_reactors=1,
         models=[
             ModelConfig(name="sim-a", dim=4, base_us=500, per_item_us=10,
