@@ -10,6 +10,7 @@ import msgspec
 
 from app.config import ConfigError, load_config
 from engine.control import Control, ControlError
+from engine.models.registry import CONFIG
 from engine.server import Server
 from engine.snapshot import EngineSnapshot, take
 
@@ -48,26 +49,52 @@ class ServerView:
 
 
 def reload_batching(server: Server, path: str | None, overrides: dict[str, Any]) -> None:
-    """Re-read ``path`` and apply each model's ``batching`` and default priority through the
-    control interface, all or nothing: the whole file must validate, and every change must be
-    acceptable to its model, before any is applied. Other differences (new or removed models,
-    queue sizes, executors...) are reported; they need a restart."""
+    """SIGHUP: re-read ``path`` and the model repository.
+
+    ``[[models]]`` entries: each model's ``batching`` and default priority are applied through
+    the control interface, all or nothing (the whole file must validate, and every change must
+    be acceptable to its model, before any is applied); other differences (new or removed
+    entries, queue sizes, executors...) are reported and need a restart.
+
+    The model repository (the folder given at start): new folders are loaded, changed ones
+    (``model.toml`` or the model file) reloaded, removed ones unloaded, on the registry's
+    loading thread, each audited as actor ``sighup``; a model unloaded on purpose stays
+    unloaded. Runs on the main reactor: nothing here waits for a model to load.
+    """
     server.reload_tls()  # the certificate and key files (see engine.net.tls)
     if path is None:
         log.warning("SIGHUP: no config file to reload (started without --config)")
-        return
+    else:
+        _reload_config(server, path, overrides)
+    if server.models.repository is not None:
+        server.models.submit(lambda: _sync_repository(server))
+
+
+def _sync_repository(server: Server) -> None:
+    """On the loading thread: queue the repository's changes after this task."""
+    futures = server.control.sync_repository(actor="sighup")
+    log.info("SIGHUP: model repository %s: %d change(s) queued", server.models.repository,
+             len(futures))  # fmt: skip
+
+
+def _reload_config(server: Server, path: str, overrides: dict[str, Any]) -> None:
+    """The ``[[models]]`` part of a SIGHUP (see ``reload_batching``)."""
     try:
-        new = load_config(path, overrides).server
+        # the repository is re-read model by model (_sync_repository): one broken folder must
+        # not hold back the rest of the file
+        new = load_config(path, {**overrides, "model_repository": ""}).server
     except ConfigError as e:
         log.error("SIGHUP: config not reloaded: %s", e)
         return
-    current = {m.name: m for m in server.config.models}
+    from_config = {s.name for s in server.models.index() if s.origin == CONFIG}
+    current = {m.name: m for m in server.config.models if m.name in from_config}
     plan = []
     for m in new.models:
         old = current.get(m.name)
         b = server.models.get(m.name)
         if old is None or b is None:
-            log.warning("SIGHUP: model %s is new; adding models needs a restart", m.name)
+            log.warning("SIGHUP: model %s is new (or not loaded); adding [[models]] entries needs "
+                        "a restart", m.name)  # fmt: skip
             continue
         try:
             server.control.check(m.name, m.batching, m.priorities.default)

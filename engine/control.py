@@ -1,21 +1,28 @@
-"""The one control interface for runtime changes (admin API now, the TUI later).
+"""The one control interface for runtime changes: the admin API, the dashboard and SIGHUP.
 
 Every change is validated into a frozen struct, bounded by the model's ceiling, applied
 atomically between batches by the model's Batcher, counted in metrics, and audited: one record
 on logger ``infergate.audit`` per change, whose ``fields`` (emitted by the JSON log format) say
 who (``actor``), which model and setting, and the values before and after; the record's time is
 when.
+
+Loading, reloading and unloading models run on the registry's loading thread: those methods
+return a ``concurrent.futures.Future`` (wait on it off the reactors, or ``asyncio.wrap_future``
+on one) and audit the outcome, success or failure, when it is known.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import msgspec
 
 from engine.config import BatchingConfig
-from engine.models.registry import ModelRegistry
+from engine.models.registry import READY, ModelLoadError, ModelRegistry, ModelState
 from engine.scheduler.batcher import Batcher
 
 audit_log = logging.getLogger("infergate.audit")
@@ -29,7 +36,8 @@ class ControlError(Exception):
 
 
 class Control:
-    """Thread-safe: reads snapshots, and changes go through each Batcher's lock."""
+    """Thread-safe: reads snapshots, batching changes go through each Batcher's lock, and
+    model loads and unloads through the registry's loading thread."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -124,6 +132,79 @@ class Control:
             actor, name, "batching", {k: old.get(k) for k in changed}, {k: new[k] for k in changed}
         )
         return cfg
+
+    # ---- the model repository -------------------------------------------------------------
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model and repository folder with its state (Triton's repository index:
+        name, version, state, reason). Thread-safe."""
+        return [_index_row(s) for s in self.registry.index()]
+
+    def load_model(
+        self, name: str, override: dict[str, Any] | None = None, *, actor: str = "admin"
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        """Load model ``name`` from its repository folder (``override``: ``[[models]]`` keys
+        over its ``model.toml``), or reload it if it serves, on behalf of ``actor`` (audited).
+        Thread-safe; returns at once.
+
+        The future's result is the model's index row; its exception a ControlError: 400 a
+        model that cannot be served (the old version, if any, keeps serving), 404 no such
+        folder, 500 an unexpected error.
+        """
+        return self._change_model(
+            actor, name, "load", lambda: self.registry.load_now(name, override)
+        )
+
+    def unload_model(
+        self, name: str, *, actor: str = "admin"
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        """Unload model ``name`` on behalf of ``actor`` (audited): queued requests get 503
+        ``model_unloaded``, then its memory is freed. Thread-safe; returns at once. The
+        future's exception is a ControlError 404 when it is not loaded."""
+        return self._change_model(actor, name, "unload", lambda: self.registry.unload_now(name))
+
+    def sync_repository(
+        self, *, actor: str = "sighup"
+    ) -> list[concurrent.futures.Future[dict[str, Any]]]:
+        """Make the served models match the repository folder (SIGHUP): new folders loaded,
+        changed ones reloaded (``model.toml`` or the model file), removed ones unloaded, each
+        audited. Reads the folder on the calling thread. Returns one future per change."""
+        futures = []
+        for action, name in self.registry.repository_changes():
+            if action == "unload":
+                futures.append(self.unload_model(name, actor=actor))
+            else:
+                futures.append(self.load_model(name, actor=actor))
+        return futures
+
+    def _change_model(
+        self, actor: str, name: str, action: str, change: Callable[[], ModelState]
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            before = self.registry.state(name)
+            try:
+                after = change()
+            except ModelLoadError as e:
+                _audit(actor, name, "model", _brief(before), f"{action} failed: {e.message}")
+                raise ControlError(e.status, e.message) from None
+            _audit(actor, name, "model", _brief(before), _brief(after))
+            return _index_row(after)
+
+        return self.registry.submit(run)
+
+
+def _index_row(s: ModelState) -> dict[str, Any]:
+    row = asdict(s)
+    row["version"] = str(s.version) if s.version else ""
+    return row
+
+
+def _brief(s: ModelState | None) -> str:
+    """A model's state for the audit log: ``READY v2``, ``UNAVAILABLE (unloaded)``."""
+    if s is None:
+        return "absent"
+    version = f" v{s.version}" if s.version else ""
+    return f"{s.state}{version}" + (f" ({s.reason})" if s.state != READY and s.reason else "")
 
 
 def _audit(actor: str, model: str, setting: str, before: Any, after: Any) -> None:

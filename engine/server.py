@@ -14,6 +14,7 @@ from engine.api.chat import add_chat_routes
 from engine.api.health import add_health_routes, add_metrics_route
 from engine.api.kserve import add_kserve_routes
 from engine.api.openai import add_openai_routes
+from engine.api.repository import add_repository_routes
 from engine.api.text import add_text_routes
 from engine.auth.admin import admin_planes
 from engine.config import ServerConfig, parse_listen
@@ -86,7 +87,12 @@ class Server:
         if self.admin_router is not None:
             add_health_routes(self.admin_router, self.is_draining)
             add_metrics_route(self.admin_router, self.registry)
-        self.models = ModelRegistry(config.models, base_dir)
+        repository = config.model_repository or None
+        self.models = ModelRegistry(
+            config.models,
+            base_dir,
+            repository and os.path.abspath(os.path.join(base_dir, repository)),
+        )
         self.control = Control(self.models)
         self.registry.register(ModelCollector(self.models))
         add_openai_routes(self.router, self.models)
@@ -97,6 +103,7 @@ class Server:
             self.router, self.admin_router, config.admin_token, config.admin_on_public
         ):
             add_admin_routes(plane, self.control)
+            add_repository_routes(plane, self.control)
         if static_root is not None:
             if not os.path.isdir(static_root):
                 raise FileNotFoundError(f"static_root {static_root!r} is not a folder")

@@ -1,9 +1,10 @@
 """The admin plane: which listener serves the routes that change state, and their token.
 
-State-changing routes (``/admin/*``, later the model repository) are served on the admin
-listener (``admin_listen``, loopback by default). The public listener answers them 404 unless
-``admin_on_public`` is set, and then only to requests that carry ``admin_token`` as a Bearer
-token. When a token is configured, the admin listener asks for it too.
+State-changing routes (``/admin/*``, the model repository's ``/v2/repository/*``) are served
+on the admin listener (``admin_listen``, loopback by default). The public listener answers
+them 404 unless ``admin_on_public`` is set, and then only to requests that carry
+``admin_token`` as a Bearer token. When a token is configured, the admin listener asks for it
+too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.http.response import AnyResponse, error_response
 from engine.http.router import Handler, Router
 
 ADMIN_PREFIX = "/admin/"
+REPOSITORY_PREFIX = "/v2/repository/"
 _ALL_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
 
@@ -65,15 +67,16 @@ class GuardedRoutes(Router):
 
 
 def hide_admin_routes(router: Router) -> None:
-    """Answer every method under ``/admin/`` with 404 on a public router, so the static
-    files' catch-all ``/`` route does not turn them into 405s that reveal nothing useful but
-    differ from an unknown path."""
+    """Answer every method under ``/admin/`` and ``/v2/repository/`` with 404 on a public
+    router, so the static files' catch-all ``/`` route does not turn them into 405s that
+    reveal nothing useful but differ from an unknown path."""
 
     def not_here(req: Request) -> AnyResponse:
         return error_response(404, f"no route for {req.path}")
 
-    router.add(_ALL_METHODS, ADMIN_PREFIX, not_here, prefix=True)
-    router.add(_ALL_METHODS, ADMIN_PREFIX.rstrip("/"), not_here)
+    for prefix in (ADMIN_PREFIX, REPOSITORY_PREFIX):
+        router.add(_ALL_METHODS, prefix, not_here, prefix=True)
+        router.add(_ALL_METHODS, prefix.rstrip("/"), not_here)
 
 
 def admin_planes(
@@ -84,7 +87,7 @@ def admin_planes(
 ) -> list[Router]:
     """The routers the admin routes are to be added to: the admin listener's (guarded when a
     token is set) and, with ``on_public``, the public one behind the token. The public router
-    hides ``/admin/`` otherwise."""
+    hides ``/admin/`` and ``/v2/repository/`` otherwise."""
     planes: list[Router] = []
     if admin is not None:
         planes.append(GuardedRoutes(admin, lambda h: require_token(h, token)) if token else admin)

@@ -31,6 +31,7 @@ from engine.scheduler.queues import (
     CANCELLED,
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
+    MODEL_UNLOADED,
     SHUTTING_DOWN,
     InferRequest,
     Part,
@@ -91,9 +92,14 @@ class Batcher:
             threading.Thread(target=self._deadline_loop, name=f"deadlines-{cfg.name}", daemon=True)
         )
         self._shedding = False
-        """Set by ``shed_queued``/``close``: new submits are refused with 503."""
+        """Set by ``shed_queued``/``close``/``unload``: new submits are refused with 503."""
+        self._refusal_reason = SHUTTING_DOWN
+        """Why submits are refused once shedding: ``shutting_down``, or ``model_unloaded``."""
+        self._successor: Batcher | None = None
+        """Set by ``retire``: the model's new instance, which takes every submit from then on."""
         self._closed = False
         """Set by ``close``: the threads exit once nothing is queued."""
+        self._executor_closed = False
         self._rate = 0.0  # items/s completed (EWMA), for Retry-After
         self._last_done = 0.0
 
@@ -108,24 +114,34 @@ class Batcher:
 
         Raises:
             Rejection: 429 queue full (with Retry-After), 503 ``shutting_down`` after
-            ``shed_queued`` or ``close``.
+            ``shed_queued`` or ``close``, 503 ``model_unloaded`` after ``unload``.
         """
         if req.lengths is None and self._measures:
             self._measure(req)
         with self._cond:
-            if self._shedding:
-                self.stats.rejected[SHUTTING_DOWN] += 1
-                raise self._shutting_down()
-            try:
-                self.queues.push(req, self.clock())
-            except Rejection as r:
-                r.retry_after = self._retry_after(req.level)
-                self.stats.rejected[r.reason] += 1
-                raise
-            self.stats.submitted += 1
-            self._cond.notify()
-            if req.deadline is not None:
-                self._timer.notify()
+            successor = self._successor
+            if successor is None:
+                self._push(req)
+        if successor is not None:
+            # looked up just before a reload swapped the model: the new instance serves it
+            successor.submit(req)
+
+    def _push(self, req: InferRequest) -> None:
+        """``submit``'s queueing, under the lock."""
+        if self._shedding:
+            r = self._refused()
+            self.stats.rejected[r.reason] += 1
+            raise r
+        try:
+            self.queues.push(req, self.clock())
+        except Rejection as r:
+            r.retry_after = self._retry_after(req.level)
+            self.stats.rejected[r.reason] += 1
+            raise
+        self.stats.submitted += 1
+        self._cond.notify()
+        if req.deadline is not None:
+            self._timer.notify()
 
     def _measure(self, req: InferRequest) -> None:
         """Tokenise ``req``'s items on the submitting thread, outside the lock, so the token
@@ -167,17 +183,60 @@ class Batcher:
         with self._cond:
             self._shedding = True
             shed = self.queues.remove_all()
-            error = self._shutting_down()
+            error = self._refused()
             for req in shed:
                 req.error = error
                 req.finished = True
-            self.stats.rejected[SHUTTING_DOWN] += len(shed)
+            self.stats.rejected[error.reason] += len(shed)
             self._cond.notify_all()
             self._timer.notify()
         if shed:
-            log.info("model %s: %d queued request(s) shed at shutdown", self.name, len(shed))
+            log.info("model %s: %d queued request(s) answered 503 %s", self.name, len(shed),
+                     error.reason)  # fmt: skip
         _deliver(shed)
         return len(shed)
+
+    def retire(self, successor: Batcher) -> None:
+        """Stop taking work without dropping any (a reload): what is queued or running
+        finishes on this instance, every submit from now on goes to ``successor`` (the
+        model's new instance, so a request that looked the model up just before the swap is
+        served too), and the threads exit once the queue has drained. ``wait_retired`` then
+        frees the executor. Thread-safe."""
+        with self._cond:
+            self._successor = successor
+            self._closed = True
+            self._cond.notify_all()
+            self._timer.notify()
+
+    def wait_retired(self, timeout: float | None = None) -> bool:
+        """After ``retire``: wait until the queued and running work has finished, then close
+        the executor (its memory is released). Blocks: call it off the reactors. Returns
+        False if ``timeout`` passed first (nothing closed; call again)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t.is_alive():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if t.is_alive():
+                    return False
+        self._close_executor()
+        return True
+
+    def _close_executor(self) -> None:
+        """Close the executor once, whichever of ``close`` and ``wait_retired`` comes first."""
+        with self._cond:
+            done, self._executor_closed = self._executor_closed, True
+        if not done:
+            self.executor.close()
+
+    def unload(self, timeout: float = 10.0) -> int:
+        """Answer every queued request 503 ``model_unloaded`` and refuse new submits the same
+        way; running batches finish; then stop the threads and close the executor (``close``).
+        Thread-safe; blocks, so call it off the reactors. Returns the requests answered."""
+        with self._cond:
+            self._refusal_reason = MODEL_UNLOADED
+        shed = self.shed_queued()
+        self.close(timeout)
+        return shed
 
     def set_batching(self, cfg: BatchingConfig) -> BatchingConfig:
         """Swap the batching config; the next batch decision uses it. Thread-safe.
@@ -228,7 +287,7 @@ class Batcher:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout)
-        self.executor.close()
+        self._close_executor()
 
     # ---- deadline thread -----------------------------------------------------------------
 
@@ -367,7 +426,10 @@ class Batcher:
             self._rate = 0.8 * self._rate + 0.2 * (items / dt) if self._rate else items / dt
         self._last_done = now
 
-    def _shutting_down(self) -> Rejection:
+    def _refused(self) -> Rejection:
+        """The answer to work refused once shedding (``shed_queued``, ``close``, ``unload``)."""
+        if self._refusal_reason == MODEL_UNLOADED:
+            return Rejection(503, MODEL_UNLOADED, f"model {self.name} was unloaded")
         return Rejection(503, SHUTTING_DOWN, f"model {self.name} is shutting down", 1.0)
 
     def _retry_after(self, level: int) -> float:

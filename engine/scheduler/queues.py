@@ -25,6 +25,8 @@ EXECUTOR_ERROR = "executor_error"
 UNAVAILABLE = "unavailable"
 CANCELLED = "client_disconnected"
 SHUTTING_DOWN = "shutting_down"
+MODEL_UNLOADED = "model_unloaded"
+"""503: the model was unloaded while the request was queued (or just after it was looked up)."""
 
 
 class Rejection(Exception):
