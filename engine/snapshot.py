@@ -1,8 +1,10 @@
 """Point-in-time copies of the engine's counters for dashboards (the TUI).
 
 Reading a snapshot takes no lock that the request path holds: per-reactor and per-model
-counters are plain attributes read under the GIL, queue depths are ``len`` of deques. Values of
-different models may be a request apart; each value is whole.
+counters are plain attributes read under the GIL, queue depths are ``len`` of deques; the
+models are those of one published registry dict (a reload or unload swaps the dict, never
+changes it under the loop). Values of different models may be a request apart; each value is
+whole.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class EngineSnapshot:
 def take(server: Server) -> EngineSnapshot:
     """Copy the engine's counters. Thread-safe, lock-free."""
     models = []
-    for b in server.models:
+    for b in server.models:  # a snapshot: each load or unload publishes a new dict
         st = b.stats
         prios = b.config.priorities
         models.append(

@@ -34,6 +34,7 @@ from engine.auth.metrics import KeyMetrics
 from engine.control import Control, ControlError
 from engine.snapshot import EngineSnapshot
 from tui.keys import KeysPanel
+from tui.models_view import ModelsScreen
 from tui.view import ModelRow, fmt_ms, http_row, rows
 
 POLICIES = ("off", "window", "adaptive")
@@ -75,6 +76,7 @@ HELP = """\
   ] / [     max_queue_delay_us +500 / -500 (window policy)
   d         cycle the default priority
   e         edit the selected model's batching values
+  m         the model repository: load / unload / reload models
   ?         this help      q  quit (stops the server)
 
 Changes go through the same control path as PATCH /admin/models/{name}/batching:
@@ -170,6 +172,7 @@ class Dashboard(App[None]):
         Binding("left_square_bracket", "window(-500)", "-window"),
         Binding("d", "cycle_priority", "Default prio"),
         Binding("e", "edit", "Edit"),
+        Binding("m", "models", "Models"),
         Binding("question_mark", "help", "Help"),
     ]
 
@@ -361,6 +364,9 @@ class Dashboard(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_models(self) -> None:
+        self.push_screen(ModelsScreen(self.engine.control))
 
     async def action_quit(self) -> None:
         if self._on_exit is not None:
