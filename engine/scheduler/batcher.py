@@ -32,6 +32,7 @@ from engine.scheduler.queues import (
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
     MODEL_UNLOADED,
+    QUEUE_FULL,
     SHUTTING_DOWN,
     InferRequest,
     Part,
@@ -133,11 +134,13 @@ class Batcher:
             self.stats.rejected[r.reason] += 1
             raise r
         try:
-            self.queues.push(req, self.clock())
+            out = self.queues.push(req, self.clock())
         except Rejection as r:
             r.retry_after = self._retry_after(req.level)
             self.stats.rejected[r.reason] += 1
             raise
+        if out is not None:  # pushed out of a full level by a lighter tenant (queues.push)
+            self._push_out(out, req.level)
         self.stats.submitted += 1
         self._cond.notify()
         if req.deadline is not None:
@@ -400,6 +403,7 @@ class Batcher:
         with self._cond:
             self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
             self._update_rate(len(items), t1)
+            self.queues.charge(_used_per_level(parts, len(self.queues.levels), t1 - t0))
             offset = 0
             for req, start, end in parts:
                 if not req.finished:
@@ -432,6 +436,19 @@ class Batcher:
             return Rejection(503, MODEL_UNLOADED, f"model {self.name} was unloaded")
         return Rejection(503, SHUTTING_DOWN, f"model {self.name} is shutting down", 1.0)
 
+    def _push_out(self, req: InferRequest, level: int) -> None:
+        """Answer 429 a request that a lighter tenant's pushed out of its full level (under
+        the lock: delivery is one ``call_soon_threadsafe``, it never blocks)."""
+        req.error = Rejection(
+            429,
+            QUEUE_FULL,
+            f"priority {level} queue is full; this tenant holds the most of it",
+            self._retry_after(level),
+        )
+        req.finished = True
+        self.stats.rejected[QUEUE_FULL] += 1
+        _deliver([req])
+
     def _retry_after(self, level: int) -> float:
         """Seconds until what a request at ``level`` waits behind would have drained at the
         measured rate (1..60)."""
@@ -439,6 +456,15 @@ class Batcher:
             return 1.0
         ahead = self.queues.items_ahead(level)
         return float(min(60, max(1, math.ceil(ahead / self._rate))))
+
+
+def _used_per_level(parts: list[Part], levels: int, seconds: float) -> list[float]:
+    """A batch's executor time split over the priority levels of its items."""
+    used = [0.0] * levels
+    total = sum(end - start for _, start, end in parts) or 1
+    for req, start, end in parts:
+        used[min(req.level, levels) - 1] += seconds * (end - start) / total
+    return used
 
 
 def _deliver(reqs: list[InferRequest]) -> None:

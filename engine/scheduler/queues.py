@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import deque
+import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.config import PrioritiesConfig
-from engine.scheduler.policy import plan_token_batch
+from engine.scheduler.fair import FairLevel
+from engine.scheduler.policy import charge_levels, pick_level, plan_token_batch
 
 if TYPE_CHECKING:
     from engine.executors.base import UpstreamCall
@@ -62,12 +63,15 @@ class InferRequest:
         "lengths",
         "level",
         "loop",
+        "lowered",
         "n",
         "outputs",
         "seq",
         "taken",
+        "tenant",
         "timeout_s",
         "upstream",
+        "weight",
     )
 
     def __init__(
@@ -88,6 +92,12 @@ class InferRequest:
         self.key = key
         self.level = level
         """Priority level, 1 = highest."""
+        self.tenant = ""
+        """Who sent it (the API key's name; "" = anonymous): fair sharing inside a level."""
+        self.weight = 1.0
+        """The tenant's fair-share weight (its key's ``weight``)."""
+        self.lowered = b""
+        """``b"1->2"`` when the key's ceiling lowered the asked level (a response header)."""
         self.deliver = deliver
         """Called once when the request has all outputs or an error: on ``loop`` (through
         ``call_soon_threadsafe``, one call per loop per batch), or directly if ``loop`` is None."""
@@ -117,11 +127,20 @@ Part = tuple[InferRequest, int, int]
 
 
 class PriorityQueues:
-    """FIFO queues per priority level, bounded, with deadlines."""
+    """Queues per priority level, bounded, with deadlines; inside a level, tenants share by
+    deficit round robin (``engine.scheduler.fair``); between levels, strict priority unless
+    a level has a ``min_share`` (``policy.pick_level``)."""
 
     def __init__(self, priorities: PrioritiesConfig) -> None:
         self.priorities = priorities
-        self.levels: list[deque[InferRequest]] = [deque() for _ in range(priorities.levels)]
+        self.levels: list[FairLevel] = [FairLevel() for _ in range(priorities.levels)]
+        self.shares = [priorities.level(i).min_share for i in range(1, priorities.levels + 1)]
+        """Each level's ``min_share`` (0: strict priority)."""
+        self.credits = [0.0] * priorities.levels
+        """Executor seconds each level with a share is owed (``policy.charge_levels``)."""
+        self.pushed_out = 0
+        """Requests a full level refused after queueing them, to make room for a lighter
+        tenant's (``FairLevel.push_out``)."""
         self._deadlines: list[tuple[float, int, InferRequest]] = []
         self._seq = itertools.count(1)
         self.items = 0
@@ -141,20 +160,30 @@ class PriorityQueues:
         for q in self.levels:
             yield from q
 
-    def push(self, req: InferRequest, now: float) -> None:
-        """Queue ``req`` at its level.
+    def push(self, req: InferRequest, now: float) -> InferRequest | None:
+        """Queue ``req`` at its level; returns the request pushed out to make room for it, if
+        any (removed from the queue, not answered yet: the caller answers it 429).
 
         Each level is bounded by its own ``max_queue_size``, never exceeded. Priority order is
         strict, so under overload the lower levels fill up and refuse first while the higher
-        ones keep being served: lower priorities shed first.
+        ones keep being served: lower priorities shed first. Inside a full level, a tenant
+        lighter than the heaviest one takes the place of that tenant's newest request.
 
         Raises:
-            Rejection: 429 ``queue_full`` when its level is full.
+            Rejection: 429 ``queue_full`` when its level is full of its own tenant's requests
+                (or of lighter tenants').
         """
         cfg = self.priorities.level(req.level)
         queue = self.levels[req.level - 1]
+        out = None
         if len(queue) >= cfg.max_queue_size:
-            raise Rejection(429, QUEUE_FULL, f"priority {req.level} queue is full")
+            out = queue.push_out(req.tenant, req.weight)
+            if out is None:
+                raise Rejection(429, QUEUE_FULL, f"priority {req.level} queue is full")
+            self.items -= out.n
+            self.level_items[req.level - 1] -= out.n
+            out.deadline = None
+            self.pushed_out += 1
         req.seq = next(self._seq)
         req.enqueued = now
         timeout = cfg.timeout_us / 1e6 if cfg.timeout_us else None
@@ -167,6 +196,7 @@ class PriorityQueues:
         queue.append(req)
         self.items += req.n
         self.level_items[req.level - 1] += req.n
+        return out
 
     def items_ahead(self, level: int) -> int:
         """Queued items at ``level`` and above: what a request at ``level`` waits behind."""
@@ -245,12 +275,27 @@ class PriorityQueues:
                 expired.append(req)
         return expired
 
+    def pick(self) -> int:
+        """The level (0-based) to serve next; -1 when nothing is queued."""
+        return pick_level([bool(q) for q in self.levels], self.credits, self.shares)
+
     def head(self) -> InferRequest | None:
-        """The request to serve next: highest priority, oldest."""
-        for q in self.levels:
-            if q:
-                return q[0]
-        return None
+        """The request to serve next: the picked level's tenant with the turn, its oldest."""
+        i = self.pick()
+        return None if i < 0 else self.levels[i].head()
+
+    def charge(self, used_s: Sequence[float]) -> None:
+        """A batch used ``used_s[i]`` executor seconds for level ``i+1``: settle the shares."""
+        if any(self.shares):
+            backlogged = [bool(q) for q in self.levels]
+            self.credits = charge_levels(self.credits, self.shares, backlogged, used_s)
+
+    def _order(self) -> list[FairLevel]:
+        """Levels in the order a batch fills from: the picked one, then by priority."""
+        i = self.pick()
+        if i <= 0:
+            return self.levels
+        return [self.levels[i], *self.levels[:i], *self.levels[i + 1 :]]
 
     def ready(self, key: Hashable, cap: int) -> tuple[int, float]:
         """Items (up to ``cap``) that could merge under ``key``, and the oldest enqueue time."""
@@ -266,52 +311,96 @@ class PriorityQueues:
         return items, oldest
 
     def take(self, key: Hashable, max_items: int, single: bool = False) -> list[Part]:
-        """Remove up to ``max_items`` items under ``key``, priority order, FIFO per level.
+        """Remove up to ``max_items`` items under ``key``: the picked level first, then the
+        others by priority; inside a level, tenants by deficit round robin (quantum
+        ``max_items`` x weight), each tenant's requests FIFO.
 
-        A request larger than what is left is split, and its rest goes to the back of its
-        level: the parts of a big request interleave with the requests queued behind it (each
-        waits at most one batch per request ahead of it), while a request queued alone still
-        fills every batch. With ``single``, only the head request is taken from (batching off).
+        A request larger than what its tenant may take is split, and its rest goes to the back
+        of its tenant's FIFO: the parts of a big request interleave with the requests queued
+        behind it (each waits at most one batch per request ahead of it), while a request
+        queued alone still fills every batch. With ``single``, only the head request is taken
+        from (batching off).
         """
         parts: list[Part] = []
         left = max_items
-        for q in self.levels:
+        for level in self._order():
+            left = self._fill(level, key, left, max_items, single, parts)
+            if left == 0 or (single and parts):
+                break
+        return parts
+
+    def _fill(
+        self,
+        level: FairLevel,
+        key: Hashable,
+        left: int,
+        quantum: int,
+        single: bool,
+        parts: list[Part],
+    ) -> int:
+        """Deficit round robin over ``level``'s tenants until ``left`` items are taken or no
+        tenant has any under ``key``; returns what is left. Bounded: every turn takes an item
+        or counts towards one idle lap of the ring."""
+        idle = 0
+        while left > 0 and level.ring and idle < len(level.ring):
+            tenant = level.begin(quantum)
+            flow = level.flows[tenant]
+            took = 0
             i = 0
-            while i < len(q) and left > 0:
-                req = q[i]
+            while i < len(flow) and left > 0 and level.deficit[tenant] > 0:
+                req = flow[i]
                 if req.key != key:
                     i += 1
                     continue
                 start = req.taken
-                end = min(req.n, start + left)
+                end = min(req.n, start + left, start + math.ceil(level.deficit[tenant]))
                 parts.append((req, start, end))
-                req.taken = end
+                self._taken(req, end - start)
+                level.deficit[tenant] -= end - start
+                took += end - start
                 left -= end - start
-                self.items -= end - start
-                self.level_items[req.level - 1] -= end - start
-                del q[i]
+                del flow[i]
                 if end == req.n:
                     req.deadline = None  # every part runs: deadlines apply while queued
+                    level.count -= 1
                 else:
-                    q.append(req)  # split: the rest waits its turn behind the others
+                    flow.append(req)  # split: the rest waits its turn behind the others
                 if single:
-                    return parts
-            if left == 0:
+                    break
+            if not flow:
+                level.drop(tenant)  # its turn ends with its queue
+            elif left == 0 or single:
+                break  # the batch is full: the turn goes on, or ends at the next head()
+            else:
+                level.end_turn()
+            if single and took:
                 break
-        return parts
+            idle = 0 if took else idle + 1
+        return left
+
+    def _taken(self, req: InferRequest, k: int) -> None:
+        req.taken += k
+        self.items -= k
+        self.level_items[req.level - 1] -= k
 
     def take_tokens(
         self, key: Hashable, max_items: int, max_tokens: int, single: bool = False
     ) -> list[Part]:
         """Remove the next token-budget batch under ``key`` (``policy.plan_token_batch``).
 
-        The head request (highest level, oldest) is always in it; the other candidates are the
-        first ``LOOKAHEAD`` requests under ``key`` in priority order. As in ``take``, a request
-        with items left over goes to the back of its level.
+        The head request (the picked level's tenant with the turn, its oldest) is always in it;
+        the other candidates are the first ``LOOKAHEAD`` requests under ``key`` in service
+        order (that level's ring, then the other levels by priority). Each tenant pays the
+        tokens it got from its deficit (quantum ``max_tokens`` x weight), so the turn moves on
+        once the head's tenant has had its share. As in ``take``, a request with items left
+        over goes to the back of its tenant's FIFO.
         """
+        order = self._order()
+        if order[0]:
+            order[0].begin(max_tokens)
         cands: list[InferRequest] = []
-        for q in self.levels:
-            for req in q:
+        for level in order:
+            for req in level:
                 if req.key == key:
                     cands.append(req)
                     if len(cands) >= LOOKAHEAD:
@@ -325,20 +414,21 @@ class PriorityQueues:
         parts: list[Part] = []
         for i, k in plan:
             req = cands[i]
+            lengths = req.lengths
+            cost = sum(max(1, n) for n in lengths[req.taken : req.taken + k]) if lengths else k
             parts.append((req, req.taken, req.taken + k))
-            req.taken += k
-            self.items -= k
-            self.level_items[req.level - 1] -= k
-        touched = {id(req) for req, _, _ in parts}
-        for level, q in enumerate(self.levels, 1):
-            if any(req.level == level for req, _, _ in parts):
-                rest = [r for r in q if id(r) not in touched]
-                rest += [r for r, _, _ in parts if r.level == level and r.taken < r.n]
-                q.clear()
-                q.extend(rest)
-        for req, _, end in parts:
-            if end == req.n:
+            self._taken(req, k)
+            level = self.levels[req.level - 1]
+            level.deficit[req.tenant] -= cost
+            flow = level.flows[req.tenant]
+            flow.remove(req)
+            if req.taken < req.n:
+                flow.append(req)  # the rest waits its turn behind the tenant's others
+            else:
                 req.deadline = None  # every part runs: deadlines apply while queued
+                level.count -= 1
+                if not flow:
+                    level.drop(req.tenant)
         return parts
 
 
