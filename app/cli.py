@@ -13,6 +13,7 @@ from app import keys_cli
 from app.config import ConfigError, LoadedConfig, load_config
 from app.runtime import JsonFormatter, ServerView, reload_batching
 from engine import __version__
+from engine.auth.tenants import AuthConfigError
 from engine.executors.base import ExecutorError
 from engine.models.repository import RepositoryError, check_repository, describe_entry
 from engine.net.tls import TlsError
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(cfg, loaded.static_root, loaded.base_dir)
         host, port = server.start()
-    except ExecutorError as e:
+    except (ExecutorError, AuthConfigError) as e:
         print(f"infergate: {e}", file=sys.stderr)
         return 2
     except TlsError as e:
@@ -179,8 +180,9 @@ def _run_dashboard(server: Server, status: str, path: str | None, overrides: dic
 
     watch = TerminalWatch(terminal_lost, lambda: reload_batching(server, path, overrides))
     app = Dashboard(
-        ServerView(server), logs=ring, on_exit=stop, driver_class=dashboard_driver(watch)
-    )
+        ServerView(server), logs=ring, on_exit=stop, driver_class=dashboard_driver(watch),
+        keys=server.auth.metrics,
+    )  # fmt: skip
     result: list[int] = []
     thread = threading.Thread(
         target=lambda: result.append(server.run(install_signals=False)),

@@ -61,6 +61,7 @@ def reload_batching(server: Server, path: str | None, overrides: dict[str, Any])
     loading thread, each audited as actor ``sighup``; a model unloaded on purpose stays
     unloaded. Runs on the main reactor: nothing here waits for a model to load.
     """
+    server.auth.reload_logged("sighup")  # the keys file, audited (see engine.auth.tenants)
     server.reload_tls()  # the certificate and key files (see engine.net.tls)
     if path is None:
         log.warning("SIGHUP: no config file to reload (started without --config)")

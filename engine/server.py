@@ -17,6 +17,8 @@ from engine.api.openai import add_openai_routes
 from engine.api.repository import add_repository_routes
 from engine.api.text import add_text_routes
 from engine.auth.admin import admin_planes
+from engine.auth.metrics import KeyCollector
+from engine.auth.tenants import Auth
 from engine.config import ServerConfig, parse_listen
 from engine.control import Control
 from engine.http.router import Router
@@ -95,14 +97,16 @@ class Server:
         )
         self.control = Control(self.models)
         self.registry.register(ModelCollector(self.models))
-        add_openai_routes(self.router, self.models)
-        add_chat_routes(self.router, self.models)
-        add_text_routes(self.router, self.models)
-        add_kserve_routes(self.router, self.models)
+        self.auth = Auth.from_config(config.auth, base_dir)  # keys, gate, limiter, key metrics
+        self.registry.register(KeyCollector(self.auth.metrics, self.auth.store_errors))
+        add_openai_routes(self.router, self.models, self.auth)
+        add_chat_routes(self.router, self.models, self.auth)
+        add_text_routes(self.router, self.models, self.auth)
+        add_kserve_routes(self.router, self.models, self.auth)
         for plane in admin_planes(
             self.router, self.admin_router, config.admin_token, config.admin_on_public
         ):
-            add_admin_routes(plane, self.control)
+            add_admin_routes(plane, self.control, self.auth)
             add_repository_routes(plane, self.control)
         if static_root is not None:
             if not os.path.isdir(static_root):
@@ -135,7 +139,8 @@ class Server:
             self.admin_sub.start()
             self.admin_sub.serve_reuseport(admin_sock)
             self.admin_address = admin_sock.getsockname()[:2]
-        if not cfg.host.startswith(_LOOPBACK):
+        self.auth.check_store()  # unreachable: logged; checks then fail open or closed
+        if not cfg.host.startswith(_LOOPBACK) and not self.auth.enabled:
             log.warning(
                 "the public listener %s is not loopback and no API keys are configured: "
                 "anyone who can reach it can use every model",
@@ -177,6 +182,7 @@ class Server:
                 self.admin_sub.drain(1.0).result()
                 self.admin_sub.stop()
             self.models.close()
+            self.auth.close()
             self.file_executor.shutdown(wait=False, cancel_futures=True)
 
     def reload_tls(self) -> None:

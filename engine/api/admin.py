@@ -1,5 +1,6 @@
-"""Admin API: ``GET /admin/models``, ``PATCH /admin/models/{name}/batching`` and
-``PATCH /admin/models/{name}/priorities`` (``{"default": N}``).
+"""Admin API: ``GET /admin/models``, ``PATCH /admin/models/{name}/batching``,
+``PATCH /admin/models/{name}/priorities`` (``{"default": N}``), ``GET /admin/keys`` (names
+and limits, never digests) and ``POST /admin/keys/reload`` (re-read the keys file).
 
 Bodies are small JSON objects: over ``MAX_ADMIN_BODY_BYTES`` is a 413, and anything that does
 not decode (invalid JSON or UTF-8, nesting too deep) a 400, always as a JSON error. Every
@@ -13,6 +14,8 @@ from typing import Any
 import msgspec
 
 from engine.api.common import BODY_TOO_LARGE, ApiError, invalid
+from engine.auth.keys import KeysFileError
+from engine.auth.tenants import Auth
 from engine.control import Control, ControlError
 from engine.http.request import Request
 from engine.http.response import Response, error_response, json_response
@@ -51,7 +54,7 @@ def admin_error(e: ApiError | ControlError) -> Response:
     return error_response(e.status, e.message)
 
 
-def add_admin_routes(router: Router, control: Control) -> None:
+def add_admin_routes(router: Router, control: Control, auth: Auth | None = None) -> None:
     def models(_req: Request) -> Response:
         return json_response({"models": control.models()})
 
@@ -72,5 +75,36 @@ def add_admin_routes(router: Router, control: Control) -> None:
             return admin_error(e)
         return json_response({"model": name, "batching": msgspec.to_builtins(cfg)})
 
+    if auth is not None:
+        _add_key_routes(router, auth)
     router.add(["GET"], "/admin/models", models)
     router.add(["PATCH"], "/admin/models/", model_item, prefix=True)
+
+
+def _add_key_routes(router: Router, auth: Auth) -> None:
+    def keys(_req: Request) -> Response:
+        rows = []
+        for k in auth.keys.keys:
+            row = msgspec.to_builtins(k)
+            del row["sha256"]
+            row["in_flight"] = auth.gate.in_flight(k.name)
+            rows.append(row)
+        return json_response({"file": auth.keys_file, "keys": rows})
+
+    def reload(_req: Request) -> Response:
+        """Re-read the keys file: new requests use the new keys at once, requests in flight
+        finish under the key they were admitted with, no connection is touched."""
+        try:
+            changes = auth.reload(ADMIN_ACTOR)
+        except KeysFileError as e:
+            return error_response(409 if not auth.keys_file else 400, str(e))
+        return json_response({
+            "file": auth.keys_file,
+            "keys": len(auth.keys.keys),
+            "added": list(changes.added),
+            "removed": list(changes.removed),
+            "changed": list(changes.changed),
+        })  # fmt: skip
+
+    router.add(["GET"], "/admin/keys", keys)
+    router.add(["POST"], "/admin/keys/reload", reload)

@@ -19,16 +19,20 @@ from typing import Any
 import msgspec
 
 from engine.api.common import (
+    ANONYMOUS,
     BODY_TOO_LARGE,
     HTTP_ERRORS,
     MODEL_NOT_FOUND,
     ApiError,
+    admit,
     api_error_response,
+    authenticate,
     decode_json,
     invalid,
     priority_and_timeout,
     telemetry,
 )
+from engine.auth.tenants import Auth
 from engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
 from engine.executors.upstream.generate import CHAT_PATH, COMPLETIONS_PATH
 from engine.executors.upstream.relay import End, Head, Relay
@@ -49,31 +53,38 @@ _body = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 
 
-def add_chat_routes(router: Router, registry: ModelRegistry) -> None:
+def add_chat_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
+    guard = auth if auth is not None else Auth()
+
     async def chat(req: Request) -> AnyResponse:
-        return await generate(req, registry, CHAT_PATH)
+        return await generate(req, registry, CHAT_PATH, guard)
 
     async def completions(req: Request) -> AnyResponse:
-        return await generate(req, registry, COMPLETIONS_PATH)
+        return await generate(req, registry, COMPLETIONS_PATH, guard)
 
     router.add(["POST"], CHAT_PATH, chat)
     router.add(["POST"], COMPLETIONS_PATH, completions)
 
 
-async def generate(req: Request, registry: ModelRegistry, path: str) -> AnyResponse:
+async def generate(req: Request, registry: ModelRegistry, path: str, auth: Auth) -> AnyResponse:
     """Admit, forward and answer one chat or completions request."""
+    adm = ANONYMOUS  # the key's concurrency slot is held until the upstream call is over
     try:
+        api_key = authenticate(req, auth)
         batcher, body, stream = _parse(req, registry)
         level, timeout_s = priority_and_timeout(
             req, batcher, body.pop("priority", None), body.pop("timeout", None)
         )
+        level, adm = await admit(req, auth, api_key, batcher, level, 1)
         relay = Relay(path, body, level, stream)
         ireq = InferRequest(
-            [relay], ("generate", id(relay)), level, lambda r: relay.end(r.error), timeout_s,
-            relay.loop,
+            [relay], ("generate", id(relay)), level, adm.wrap(lambda r: relay.end(r.error)),
+            timeout_s, relay.loop,
         )  # fmt: skip
+        adm.bind(ireq)
         batcher.submit(ireq)
     except HTTP_ERRORS as e:
+        adm.release(None, e.reason if isinstance(e, Rejection) else None)
         return api_error_response(e)
 
     def client_gone() -> None:
@@ -81,6 +92,7 @@ async def generate(req: Request, registry: ModelRegistry, path: str) -> AnyRespo
         queued, abort its upstream call if it runs. HTTP clients do not half-close while
         they wait for an answer, so a FIN means the client left."""
         if batcher.cancel(ireq):
+            adm.release(None, CANCELLED)
             relay.end(Rejection(499, CANCELLED, "client closed the connection while queued"))
         else:
             relay.cancel()
@@ -95,6 +107,7 @@ async def generate(req: Request, registry: ModelRegistry, path: str) -> AnyRespo
         req.notes["upstream"] = head.replica
         headers: Headers = [
             *telemetry(ireq)[:1],  # X-Infergate-Queue-Us: the rest is known only at the end
+            *([(b"X-Infergate-Priority-Lowered", adm.lowered)] if adm.lowered else []),
             (b"X-Infergate-Upstream-Replica", head.replica.encode()),
         ]
         if stream:

@@ -29,6 +29,8 @@ from engine.api.common import (
     HTTP_ERRORS,
     MODEL_NOT_FOUND,
     ApiError,
+    admit,
+    authenticate,
     check_texts,
     drop_headers,
     http_error,
@@ -51,6 +53,8 @@ from engine.api.kserve_codec import (
     split_body,
     timeout_ms,
 )
+from engine.auth.keys import Key
+from engine.auth.tenants import Auth
 from engine.executors.spec import (
     InputError,
     ModelSpec,
@@ -229,7 +233,8 @@ def answer_tensors(b: Batcher, p: Parsed, done: InferRequest) -> list[OutputTens
         raise ApiError(500, EXECUTOR_ERROR, f"model {b.name} answered badly: {e}") from None
 
 
-def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
+def add_kserve_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
+    guard = auth if auth is not None else Auth()
     ok = Response(b"", 200, CONTENT_TYPE_JSON)
 
     def live(_req: Request) -> Response:
@@ -269,18 +274,20 @@ def add_kserve_routes(router: Router, registry: ModelRegistry) -> None:
         if _strip_version(rest) != "infer":
             return kserve_error(404, "not_found", f"no route {req.path}")
         try:
-            return await _infer(req, _model(name))
+            api_key = authenticate(req, guard)
+            return await _infer(req, _model(name), api_key)
         except HTTP_ERRORS as e:
             return kserve_error_response(e)
 
-    async def _infer(req: Request, b: Batcher) -> Response:
+    async def _infer(req: Request, b: Batcher, api_key: Key | None) -> Response:
         loop = asyncio.get_running_loop()
         if len(req.body) < OFFLOAD_BYTES:
             p = parse_request(req, b)
         else:  # see OFFLOAD_BYTES
             p = await loop.run_in_executor(codec_thread, parse_request, req, b)
         level, timeout = priority_and_timeout(req, b, p.priority, p.timeout_ms)
-        done = await infer(req, b, p.items, p.key, level, timeout)
+        level, adm = await admit(req, guard, api_key, b, level, len(p.items))
+        done = await infer(req, b, p.items, p.key, level, timeout, adm)
         tensors = answer_tensors(b, p, done)
         args = (b.name, tensors, telemetry(done), p.req_id)
         if sum(t.array.size for t in tensors if not t.binary) <= JSON_CHUNK:

@@ -14,14 +14,18 @@ from engine.api.common import (
     MAX_INPUTS,
     MODEL_NOT_FOUND,
     ApiError,
+    admit,
     api_error_response,
+    authenticate,
     check_texts,
     decode_json,
     infer,
     invalid,
+    measured,
     priority_and_timeout,
     telemetry,
 )
+from engine.auth.tenants import Auth
 from engine.http.request import Request
 from engine.http.response import Response, json_response
 from engine.http.router import Router
@@ -76,9 +80,12 @@ def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
     return items
 
 
-def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
+def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
+    guard = auth if auth is not None else Auth()
+
     async def embeddings(req: Request) -> Response:
         try:
+            api_key = authenticate(req, guard)
             if len(req.body) > MAX_BODY_BYTES:
                 raise ApiError(
                     413, BODY_TOO_LARGE, f"request bodies are limited to {MAX_BODY_BYTES} bytes"
@@ -97,7 +104,11 @@ def add_openai_routes(router: Router, registry: ModelRegistry) -> None:
                 raise invalid(f"model {body.model} only supports dimensions={dim}")
             items = parse_inputs(body.input, batcher.executor.vocab_size)
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
-            done = await infer(req, batcher, items, _EMBED_KEY, level, timeout)
+            lengths, cost = None, len(items)
+            if api_key is not None:  # the key's item bucket counts tokens for text models
+                items, lengths, cost = measured(batcher, items)
+            level, adm = await admit(req, guard, api_key, batcher, level, cost)
+            done = await infer(req, batcher, items, _EMBED_KEY, level, timeout, adm, lengths)
         except HTTP_ERRORS as e:
             return api_error_response(e)
         as_b64 = body.encoding_format == "base64"

@@ -23,7 +23,9 @@ from engine.api.common import (
     MAX_REQUEST_CHARS,
     MODEL_NOT_FOUND,
     ApiError,
+    admit,
     api_error_response,
+    authenticate,
     check_texts,
     decode_json,
     infer,
@@ -31,6 +33,7 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
+from engine.auth.tenants import Auth
 from engine.http.request import Request
 from engine.http.response import Headers, Response, json_response
 from engine.http.router import Router
@@ -141,12 +144,14 @@ def _headers(done: InferRequest, tokenize_s: float) -> Headers:
     return [*telemetry(done), (b"X-Infergate-Tokenize-Us", b"%d" % round(tokenize_s * 1e6))]
 
 
-def add_text_routes(router: Router, registry: ModelRegistry) -> None:
+def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
     """Register ``POST /v1/rerank`` and ``POST /v1/classify`` for the text models in
-    ``registry``."""
+    ``registry``; with keys configured in ``auth``, each request needs one."""
+    guard = auth if auth is not None else Auth()
 
     async def rerank(req: Request) -> Response:
         try:
+            api_key = authenticate(req, guard)
             body: RerankBody = decode_json(_rerank_body, req.body, "request body")
             batcher, executor = _model(registry, body.model, "rerank")
             query, docs, top_n, return_documents = parse_rerank(body)
@@ -157,7 +162,9 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             tokenize_s = time.perf_counter() - t0
             _nothing(items, "documents")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
-            done = await infer(req, batcher, list(items), _RERANK_KEY, level, timeout)
+            cost = sum(len(t) for t in items)  # tokens, what the key's item bucket counts
+            level, adm = await admit(req, guard, api_key, batcher, level, cost)
+            done = await infer(req, batcher, list(items), _RERANK_KEY, level, timeout, adm)
         except (ApiError, Rejection) as e:
             return api_error_response(e)
         order = sorted(range(len(docs)), key=lambda i: -done.outputs[i][0])[:top_n]
@@ -177,6 +184,7 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
 
     async def classify(req: Request) -> Response:
         try:
+            api_key = authenticate(req, guard)
             body: ClassifyBody = decode_json(_classify_body, req.body, "request body")
             batcher, executor = _model(registry, body.model, "classify")
             texts = parse_classify(body)
@@ -186,7 +194,9 @@ def add_text_routes(router: Router, registry: ModelRegistry) -> None:
             tokenize_s = time.perf_counter() - t0
             _nothing(items, "input")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
-            done = await infer(req, batcher, list(items), _CLASSIFY_KEY, level, timeout)
+            cost = sum(len(t) for t in items)
+            level, adm = await admit(req, guard, api_key, batcher, level, cost)
+            done = await infer(req, batcher, list(items), _CLASSIFY_KEY, level, timeout, adm)
         except (ApiError, Rejection) as e:
             return api_error_response(e)
         labels = executor.labels
