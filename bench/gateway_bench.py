@@ -42,6 +42,7 @@ ENV = {
     "PYTHONPATH": str(ROOT),
     "INFERGATE_LOG_LEVEL": "WARNING",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch at start (loopback only)
+    "LITELLM_MASTER_KEY": "sk-bench-0123456789abcdef",  # it refuses to start without one
 }
 
 MINILM_UPSTREAM = """
@@ -278,11 +279,16 @@ def passthrough(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:
         procs.start("litellm", [LITELLM, "--config", str(lc), "--port", str(lp),
                                 "--num_workers", "1"], lp, core=1, wait_s=180)  # fmt: skip
         targets["LiteLLM proxy"] = lp
+    keyed = tmp / "embed-key.lua"
+    keyed.write_text(
+        BODY_LUA + f'wrk.headers["Authorization"] = "Bearer {ENV["LITELLM_MASTER_KEY"]}"\n'
+    )
     rows = []
     results = {}
     for name, port in targets.items():
-        wrk(port, 8, lua)  # warm the pools
-        r = wrk(port, 64, lua)
+        script = keyed if name.startswith("LiteLLM") else lua
+        wrk(port, 8, script)  # warm the pools
+        r = wrk(port, 64, script)
         results[name] = r
         print(f"pass {name}: {r}", file=sys.stderr)
     gw_rps = results["infergate gateway (off: one request per call)"][0]
