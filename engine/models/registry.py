@@ -28,6 +28,7 @@ from engine.executors.upstream.generate import GenerateExecutor
 from engine.executors.upstream.kserve import KServeTensorExecutor
 from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
 from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from engine.models.memory import release_memory
 from engine.models.repository import RepositoryError, model_folders, scan_folder
 from engine.scheduler.batcher import Batcher
 
@@ -459,6 +460,7 @@ class ModelRegistry:
             old.wait_retired()
             with self._lock:
                 self._retiring.discard(old)
+            release_memory()  # the closed session's pages back to the OS (bench/reload_rss.py)
             log.info("model %s: previous version drained and closed", old.name)
 
         threading.Thread(target=drain, name=f"retire-{old.name}", daemon=True).start()
@@ -485,6 +487,7 @@ class ModelRegistry:
             state = ModelState(name, prev.version, UNAVAILABLE, UNLOADED, prev.origin)
             self._states[name] = state
         shed = b.unload()
+        release_memory()
         log.info("model %s: unloaded (%d queued request(s) answered 503)", name, shed)
         return state
 
