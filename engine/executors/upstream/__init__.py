@@ -1,7 +1,8 @@
 """Gateway mode: executors whose model runs on upstream servers (replicas) over HTTP.
 
 ``replicas.py`` routes and ejects, ``client.py`` owns the event loop thread and aiohttp
-session, ``executor.py`` is the shared executor, ``openai.py`` the embeddings executor.
+session, ``executor.py`` is the shared executor; ``openai.py`` the embeddings executor,
+``generate.py`` chat/completions (relayed through ``relay.py``), ``kserve.py`` tensors.
 """
 
 from engine.executors.upstream.errors import (
