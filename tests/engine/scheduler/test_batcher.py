@@ -302,8 +302,9 @@ def test_a_split_request_interleaves_with_requests_queued_behind_it(make: Any) -
     for w in (first, big, *small):
         assert w.result().error is None
     assert big.result().outputs == [10, 20, 30, 40, 50, 60]
-    # one batch of the big request, then the ones queued behind it, then the big one's rest
-    assert gate.batches == [[0], [1, 2], [100, 101], [3, 4], [5, 6]]
+    # every queued request gets a share of each batch: the small ones ride the first two
+    # batches beside the big one's parts, then the big one's rest fills whole batches
+    assert gate.batches == [[0], [1, 100], [101, 2], [3, 4], [5, 6]]
 
 
 def test_a_deadline_drops_the_unstarted_parts_of_a_split_request(make: Any) -> None:

@@ -50,14 +50,15 @@ def test_a_small_request_does_not_wait_behind_another_tenants_big_ones() -> None
     assert first_batch_with(q, small, 8) == 2  # a's turn (one full batch), then b's
 
 
-def test_one_tenant_keeps_fifo_with_split_rotation() -> None:
-    # the anonymous client is one tenant: same order as before fair sharing
+def test_one_tenant_a_small_request_rides_the_next_batch_behind_big_ones() -> None:
+    # the anonymous client is one tenant: inside it, each queued request gets a share of the
+    # batch (before: the small one waited one batch per big request ahead of it, 11)
     q = queues(LevelConfig())
     for _ in range(10):
         q.push(req(8), 0.0)
     small = req(1)
     q.push(small, 0.0)
-    assert first_batch_with(q, small, 8) == 11
+    assert first_batch_with(q, small, 8) == 2
 
 
 def test_weights_share_items_in_proportion() -> None:

@@ -32,9 +32,11 @@ def test_take_counts_items_and_splits_large_requests_in_order() -> None:
     big, small = req(n=5), req(n=2)
     q.push(big, 0.0)
     q.push(small, 0.0)
-    assert q.take("k", 3) == [(big, 0, 3)]
-    assert q.head() is small  # the rest of a split request waits behind the others
-    assert q.take("k", 3) == [(small, 0, 2), (big, 3, 4)]
+    # each queued request gets an equal share of the batch per pass; a split request's rest
+    # goes to the back of the queue
+    assert q.take("k", 3) == [(big, 0, 2), (small, 0, 1)]
+    assert q.head() is big
+    assert q.take("k", 3) == [(big, 2, 4), (small, 1, 2)]
     assert q.take("k", 3) == [(big, 4, 5)]
     assert q.items == 0
     assert q.level_items == [0]
@@ -149,10 +151,10 @@ def test_the_parts_of_a_split_request_interleave_with_later_requests() -> None:
         q.push(s, 0.0)
     batches = [q.take("k", 2) for _ in range(5)]
     assert batches == [
-        [(big, 0, 2)],
-        [(smalls[0], 0, 1), (smalls[1], 0, 1)],
-        [(smalls[2], 0, 1), (big, 2, 3)],
-        [(big, 3, 5)],  # alone in the queue: the batch is full
+        [(big, 0, 1), (smalls[0], 0, 1)],  # a share each: the big one does not fill it
+        [(smalls[1], 0, 1), (smalls[2], 0, 1)],
+        [(big, 1, 3)],  # alone in the queue: the batch is full
+        [(big, 3, 5)],
         [(big, 5, 6)],
     ]
 
