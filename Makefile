@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit bench-http package test-package clean
+.PHONY: run test lint typecheck unit compile bench-http package test-package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# engine/http compiled in place with mypyc (setup.py); rebuilt when a source changes. Without a
+# compiler the build leaves the pure-Python modules in use.
+HTTP_SRC := $(wildcard engine/http/*.py)
+engine/http/.compiled: $(STAMP) $(HTTP_SRC) setup.py
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+compile: engine/http/.compiled
+
+unit: $(STAMP) compile
 	$(BIN)/pytest
 
 bench-http: $(STAMP)
@@ -39,3 +48,4 @@ bench-http: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -f engine/http/*.so engine/http/.compiled *__mypyc.*.so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
@@ -20,7 +21,12 @@ def split_target(url: bytes) -> tuple[bytes, bytes]:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         raise HttpError(400, "malformed request target") from None
-    return parsed.path or b"/", parsed.query or b""
+    # httptools declares bytes but gives None when absent; mypyc checks declared types at run
+    # time, so read the fields untyped
+    url_fields: Any = parsed
+    got_path: bytes | None = url_fields.path
+    got_query: bytes | None = url_fields.query
+    return got_path or b"/", got_query or b""
 
 
 def decode_path(raw: bytes) -> str:
