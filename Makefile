@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/infergate --config configs/default.toml
 
-package: $(STAMP)
+package: $(STAMP) compile
 	bash packaging/build.sh
 
 test-package: package

@@ -6,11 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install -q "pyinstaller>=6.10,<7"
+# engine/http compiled by mypyc (make compile): its shared runtime module sits at the top level
+# and is imported from C, where PyInstaller's analysis cannot see it
+MYPYC=()
+for lib in *__mypyc.*.so; do
+    [ -e "$lib" ] && MYPYC+=(--hidden-import "${lib%%.*}")
+done
 MODE=${MODE:---onedir}
 "$PY" -m PyInstaller --noconfirm --clean "$MODE" --name infergate \
     --distpath "${DIST:-dist}" --workpath build/pyinstaller --specpath build \
     --paths "$PWD" \
-    --hidden-import uvloop._noop \
+    --hidden-import uvloop._noop "${MYPYC[@]}" \
     --collect-submodules textual \
     --collect-data textual \
     --collect-submodules engine --collect-submodules app --collect-submodules tui \
