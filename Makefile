@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/infergate --config configs/default.toml
 
-package: $(STAMP) compile
+package: $(STAMP)
 	bash packaging/build.sh
 
 test-package: package
@@ -31,8 +31,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# engine/http compiled in place with mypyc (setup.py); rebuilt when a source changes. Without a
-# compiler the build leaves the pure-Python modules in use.
+# Opt-in: engine/http compiled in place with mypyc (setup.py); rebuilt when a source changes.
+# Not part of `make test` or `make package`: compiled, TLS handshakes time out and interpreted
+# subclasses of the compiled Router fail (docs/benchmarks.md, "Compiled protocol (mypyc)").
+# `make clean` removes the build; without a compiler the pure-Python modules stay in use.
 HTTP_SRC := $(wildcard engine/http/*.py)
 engine/http/.compiled: $(STAMP) $(HTTP_SRC) setup.py
 	$(BIN)/python setup.py -q build_ext --inplace
@@ -40,7 +42,7 @@ engine/http/.compiled: $(STAMP) $(HTTP_SRC) setup.py
 
 compile: engine/http/.compiled
 
-unit: $(STAMP) compile
+unit: $(STAMP)
 	$(BIN)/pytest
 
 bench-http: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ from engine.api.common import (
 )
 from engine.executors.spec import DATATYPES, Array
 from engine.http.request import Request
-from engine.http.response import Headers, Response, json_response
+from engine.http.response import Headers, Response, json_response, numpy_json
 
 DTYPES: dict[str, np.dtype[Any]] = {
     d.kserve: d.numpy for d in DATATYPES if d.numpy is not None and d.kserve != "BYTES"
@@ -277,20 +278,29 @@ def outputs_wanted(header: dict[str, Any], names: tuple[str, ...]) -> list[Outpu
     return wanted
 
 
+def _encode_list(flat: Any) -> bytes:
+    return _encoder.encode(flat.tolist())
+
+
 def json_array(arr: Array) -> bytes:
     """``arr`` flattened as a JSON array, encoded JSON_CHUNK elements at a time: each C call
     (tolist, encode) then holds the GIL for a few ms, so the reactors get it in between when
     this runs on the codec thread (all 2M floats of an 8 MB tensor at once: ~100 ms)."""
     flat = arr.reshape(-1)
+    encode: Callable[[Any], bytes] = _encode_list
     if flat.dtype.kind == "O":  # BYTES: str or bytes elements, as strings
         flat = np.array(
             [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat],
             dtype=object,
         )
-    parts = [
-        _encoder.encode(flat[i : i + JSON_CHUNK].tolist())[1:-1]
-        for i in range(0, flat.size, JSON_CHUNK)
-    ]
+    elif flat.dtype.kind in "iub" and flat.dtype.isnative:
+        flat = np.ascontiguousarray(flat)
+        encode = numpy_json  # from the buffer, no Python number per element (orjson)
+    elif flat.dtype.kind == "f":
+        # as float64: the same text as tolist() (see engine.api.openai.embeddings_response)
+        flat = np.ascontiguousarray(flat, dtype=np.float64)
+        encode = numpy_json
+    parts = [encode(flat[i : i + JSON_CHUNK])[1:-1] for i in range(0, flat.size, JSON_CHUNK)]
     return b"[" + b",".join(p for p in parts if p) + b"]"
 
 

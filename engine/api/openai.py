@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import msgspec
@@ -27,9 +26,10 @@ from engine.api.common import (
 )
 from engine.auth.tenants import Auth
 from engine.http.request import Request
-from engine.http.response import Response, json_response
+from engine.http.response import CONTENT_TYPE_JSON, Response, json_response, numpy_json
 from engine.http.router import Router
 from engine.models.registry import ModelRegistry
+from engine.scheduler.queues import InferRequest
 
 MAX_TOKEN_ID = 2**31 - 1
 MAX_BODY_BYTES = 1024 * 1024
@@ -80,6 +80,38 @@ def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
     return items
 
 
+def embeddings_response(done: InferRequest, model: str, as_b64: bool) -> Response:
+    """The answer's JSON, built without a Python float per element.
+
+    Float vectors: orjson writes them from the buffer, as float64 (bench/encode_micro.py: one
+    384-dim vector 36 -> 12 µs, 32 of them 1.0 -> 0.5 ms). The text is byte for byte what
+    msgspec wrote for ``tolist()``. Not float32's own shortest text: it is 40% shorter but
+    some values do not survive a float64 parser (0x15ae43fd prints as 7.038531e-26, which
+    parses to a float64 exactly halfway between two float32 and rounds to the even one).
+    Base64: the raw little-endian float32 bytes, which msgspec writes as base64 itself
+    (8.2 -> 5.0 µs): the fast path for clients that can use it.
+    """
+    data = []
+    tokens = 0
+    for i, (vec, ntok) in enumerate(done.outputs):
+        tokens += ntok
+        emb: Any = (
+            np.asarray(vec, dtype="<f4").tobytes()
+            if as_b64
+            else np.ascontiguousarray(vec, dtype=np.float64)
+        )
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    out = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    if as_b64:
+        return json_response(out, headers=telemetry(done))
+    return Response(numpy_json(out), 200, CONTENT_TYPE_JSON, telemetry(done))
+
+
 def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
     guard = auth if auth is not None else Auth()
 
@@ -111,24 +143,7 @@ def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None
             done = await infer(req, batcher, items, _EMBED_KEY, level, timeout, adm, lengths)
         except HTTP_ERRORS as e:
             return api_error_response(e)
-        as_b64 = body.encoding_format == "base64"
-        data = []
-        tokens = 0
-        for i, (vec, ntok) in enumerate(done.outputs):
-            tokens += ntok
-            emb: Any = (
-                base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
-                if as_b64
-                else vec.tolist()
-            )
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        out = {
-            "object": "list",
-            "data": data,
-            "model": body.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return json_response(out, headers=telemetry(done))
+        return embeddings_response(done, body.model, body.encoding_format == "base64")
 
     def models(_req: Request) -> Response:
         data = [

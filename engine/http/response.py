@@ -11,6 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
+import orjson
 
 STATUS_LINES: dict[int, bytes] = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
@@ -101,6 +102,20 @@ class StreamResponse:
 
 
 AnyResponse = Response | FileResponse | StreamResponse
+
+
+def _fallback(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)  # a numpy array orjson does not take (not contiguous)
+    if tolist is None:
+        raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+    return tolist()
+
+
+def numpy_json(obj: Any) -> bytes:
+    """JSON of ``obj``, whose numpy arrays orjson writes from their buffers. Non-finite floats
+    become null, as with msgspec. Pass float arrays as float64: float32's shortest text does
+    not always survive a float64 parser (see engine.api.openai.embeddings_response)."""
+    return orjson.dumps(obj, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_response(obj: Any, status: int = 200, headers: Headers | None = None) -> Response:

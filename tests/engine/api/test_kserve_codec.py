@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -107,3 +108,21 @@ def test_oversized_or_out_of_range_inputs_are_400_not_500(
 def test_json_answer_encoded_in_slices_equals_one_encode(n: int) -> None:
     arr = (np.arange(n, dtype=np.float32) / 3).reshape(-1, 1)
     assert json.loads(json_array(arr)) == arr.reshape(-1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "text"),
+    [
+        ("float32", b"[0.0,0.3333333432674408,-1.5,null,null]"),
+        ("float64", b"[0.0,0.3333333333333333,-1.5,null,null]"),
+        ("float16", b"[0.0,0.333251953125,-1.5,null,null]"),
+        ("int64", b"[0,3,-1]"),
+        ("bool", b"[true,false]"),
+    ],
+)
+def test_json_answer_numbers_from_the_buffer(dtype: str, text: bytes) -> None:
+    floats = [0, 1 / 3, -1.5, float("nan"), float("inf")]
+    values = {"int64": [0, 3, -1], "bool": [True, False]}.get(dtype, floats)
+    arr = np.array(values, dtype=dtype)
+    assert json_array(arr) == text == msgspec.json.encode(arr.tolist())  # as before orjson
+    assert json_array(np.stack([arr, arr], axis=1)[:, 0]) == text  # a strided view too
