@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.executors.base import Executor, ExecutorError, Outputs
+from engine.executors.ort_session import open_session
 from engine.executors.spec import embedding_spec
 from engine.models.embeddings import mean_pool_normalize
 
@@ -70,34 +71,10 @@ class OnnxEmbeddingExecutor(Executor):
 
     def load(self) -> None:
         try:
-            import onnxruntime as ort  # noqa: PLC0415 - heavy, loaded only when configured
             from tokenizers import Tokenizer  # noqa: PLC0415
         except ImportError as e:
             raise ExecutorError(f"onnxruntime executor needs {e.name}: pip install {e.name}") from e
-        available = ort.get_available_providers()
-        absent = [p for p in self.providers if p not in available]
-        if absent:
-            raise ExecutorError(
-                f"ONNX Runtime here has no {absent} (available: {available}); for the GPU "
-                "install onnxruntime-gpu, or use providers = ['CPUExecutionProvider']"
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(
-                self.model_path, opts, providers=list(self.providers)
-            )
-        except Exception as e:
-            raise ExecutorError(f"cannot load ONNX model {self.model_path}: {e}") from e
-        active = self.session.get_providers()
-        missing = [p for p in self.providers if p not in active]
-        if missing:
-            raise ExecutorError(
-                f"ONNX Runtime did not enable {missing} (active: {active}); it would silently "
-                "run on the CPU. Install onnxruntime-gpu and check the CUDA/TensorRT libraries."
-            )
+        self.session = open_session(self.model_path, self.intra_op_threads, self.providers)
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         try:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.executors.base import Executor, ExecutorError, Outputs
+from engine.executors.ort_session import open_session
 from engine.executors.spec import (
     Array,
     ModelSpec,
@@ -80,32 +81,7 @@ class OnnxTensorExecutor(Executor):
                 model, or a tensor type infergate cannot carry (BF16, sequences, maps).
         """
         t0 = time.perf_counter()
-        try:
-            import onnxruntime as ort  # noqa: PLC0415 - heavy, loaded only when configured
-        except ImportError as e:
-            raise ExecutorError("onnxruntime executor needs onnxruntime") from e
-        available = ort.get_available_providers()
-        absent = [p for p in self.providers if p not in available]
-        if absent:
-            raise ExecutorError(
-                f"ONNX Runtime here has no {absent} (available: {available}); for the GPU "
-                "install onnxruntime-gpu, or use providers = ['CPUExecutionProvider']"
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            session = ort.InferenceSession(self.model_path, opts, providers=list(self.providers))
-        except Exception as e:
-            raise ExecutorError(f"cannot load ONNX model {self.model_path}: {e}") from e
-        active = session.get_providers()
-        missing = [p for p in self.providers if p not in active]
-        if missing:
-            raise ExecutorError(
-                f"ONNX Runtime did not enable {missing} (active: {active}); it would silently "
-                "run on the CPU. Install onnxruntime-gpu and check the CUDA/TensorRT libraries."
-            )
+        session = open_session(self.model_path, self.intra_op_threads, self.providers)
         try:
             self.spec = session_spec(session, self.requested_max_batch)
             self._dtypes = tuple(numpy_dtype(t.datatype) for t in self.spec.inputs)

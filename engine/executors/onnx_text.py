@@ -28,6 +28,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.executors.base import Executor, ExecutorError, Outputs
 from engine.executors.onnx import BATCH_MEMORY_BUDGET, MAX_DERIVED_BATCH, activation_bytes_per_item
+from engine.executors.ort_session import open_session
 from engine.executors.spec import embedding_spec
 from engine.models.embeddings import BUILTIN, resolve_model_file, resolve_tokenizer_file
 from engine.models.text import (
@@ -88,9 +89,7 @@ class OnnxTextExecutor(Executor):
     # ---- loading -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        self.session = _open_session(
-            self.settings.model_file, self.intra_op_threads, self.providers
-        )
+        self.session = open_session(self.settings.model_file, self.intra_op_threads, self.providers)
         names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in names if n not in _INPUTS]
         if unknown or "input_ids" not in names:
@@ -251,36 +250,6 @@ class OnnxTextExecutor(Executor):
         else:
             d.update(activation=s.activation)
         return d
-
-
-def _open_session(model_file: str, threads: int, providers: tuple[str, ...]) -> Any:
-    try:
-        import onnxruntime as ort  # noqa: PLC0415 - heavy, loaded only when configured
-    except ImportError as e:
-        raise ExecutorError(
-            "onnxruntime executor needs onnxruntime: pip install onnxruntime"
-        ) from e
-    available = ort.get_available_providers()
-    absent = [p for p in providers if p not in available]
-    if absent:
-        raise ExecutorError(
-            f"ONNX Runtime here has no {absent} (available: {available}); for "
-            "the GPU install onnxruntime-gpu"
-        )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        session = ort.InferenceSession(model_file, opts, providers=list(providers))
-    except Exception as e:
-        raise ExecutorError(f"cannot load ONNX model {model_file}: {e}") from e
-    missing = [p for p in providers if p not in session.get_providers()]
-    if missing:
-        raise ExecutorError(
-            f"ONNX Runtime did not enable {missing}; it would silently run on the CPU"
-        )
-    return session
 
 
 # ---- from a model's config ---------------------------------------------------------------
