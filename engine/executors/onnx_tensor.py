@@ -32,6 +32,7 @@ from engine.executors.spec import (
     batch_dynamic,
     dims_from,
     from_ort_type,
+    loaded_facts,
     numpy_dtype,
 )
 
@@ -153,12 +154,7 @@ class OnnxTensorExecutor(Executor):
             model_file=self.model_path,
             intra_op_threads=self.intra_op_threads,
             providers=list(self.providers),
-            max_batch_size=self.spec.max_batch_size,
-            inputs=[t.metadata() for t in self.spec.inputs],
-            outputs=[t.metadata() for t in self.spec.outputs],
-            load_s=round(self.load_s, 6),
-            warmup_s=round(sum(self.warmup_s.values()), 6),
-            warmup_batch_sizes=sorted(self.warmup_s),
+            **loaded_facts(self.spec, self.load_s, self.warmup_s),
         )
         return d
 

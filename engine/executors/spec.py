@@ -214,6 +214,19 @@ class ModelSpec(msgspec.Struct, frozen=True):
         return doc
 
 
+def loaded_facts(spec: ModelSpec, load_s: float, warmup_s: Mapping[int, float]) -> dict[str, Any]:
+    """What ``/admin/models`` shows of a loaded tensor model: its shape and load/warm-up
+    times (the ONNX Runtime and TensorRT tensor executors describe themselves alike)."""
+    return {
+        "max_batch_size": spec.max_batch_size,
+        "inputs": [t.metadata() for t in spec.inputs],
+        "outputs": [t.metadata() for t in spec.outputs],
+        "load_s": round(load_s, 6),
+        "warmup_s": round(sum(warmup_s.values()), 6),
+        "warmup_batch_sizes": sorted(warmup_s),
+    }
+
+
 def embedding_spec(dim: int, max_batch_size: int) -> ModelSpec:
     """The spec of an embeddings model over KServe: ``TEXT`` BYTES ``[-1]`` (one text per row)
     to ``EMBEDDING`` FP32 ``[-1, dim]`` (``dim`` ``<= 0``: not known, published as -1)."""

@@ -38,6 +38,7 @@ from engine.executors.spec import (
     batch_dynamic,
     dims_from,
     from_numpy,
+    loaded_facts,
     numpy_dtype,
 )
 from engine.executors.tensorrt import _check, _cudart, probe_cuda_driver
@@ -264,12 +265,7 @@ class TensorRTTensorExecutor(Executor):
         d = super().describe()
         d.update(
             model_file=self.model_path,
-            max_batch_size=self.spec.max_batch_size,
-            inputs=[t.metadata() for t in self.spec.inputs],
-            outputs=[t.metadata() for t in self.spec.outputs],
-            load_s=round(self.load_s, 6),
-            warmup_s=round(sum(self.warmup_s.values()), 6),
-            warmup_batch_sizes=sorted(self.warmup_s),
+            **loaded_facts(self.spec, self.load_s, self.warmup_s),
         )
         return d
 
