@@ -4,11 +4,10 @@ the body is read, with the route's own answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import uvloop
 
 from engine.config import Limits
 from engine.http.protocol import CONTINUE
@@ -22,20 +21,6 @@ LIMIT = 100
 TOO_LARGE = json_response({"error": "too big for /api"}, 413, [(b"X-Reason", b"body_too_large")])
 EXEMPT = "Binary-Part-Length"
 NEXT = build_request("GET", "/api/x", host="x")
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=1)
-    yield ex
-    ex.shutdown(wait=True)
 
 
 @pytest.fixture

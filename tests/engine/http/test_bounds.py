@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
 from engine.config import Limits
@@ -50,20 +49,6 @@ def echo(req: Request) -> Response:
 def _fresh_error_log() -> None:
     """Error logs are rate-limited process-wide: start each test with none recently logged."""
     flow.limited_log.reset()
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=1)
-    yield ex
-    ex.shutdown(wait=True)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -53,20 +53,6 @@ def make_router() -> Router:
     r.add(["GET"], "/later", later)
     r.add(["GET"], "/boom", boom)
     return r
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=1)
-    yield ex
-    ex.shutdown(wait=True)
 
 
 ConnFactory = Callable[..., Connection]

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import uvloop
 
 from engine.config import Limits
 from engine.http.protocol import CONTINUE
@@ -81,20 +80,6 @@ def make_router() -> Router:
     r.add(["GET"], "/status", status)
     r.add(["GET"], "/stream", stream)
     return r
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    ex = ThreadPoolExecutor(max_workers=1)
-    yield ex
-    ex.shutdown(wait=True)
 
 
 ConnFactory = Callable[..., Connection]
