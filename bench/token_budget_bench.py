@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, _Conn, build, start_infergate
+from loadgen import _one as send_one  # one request on a pooled connection, timed
 
 from engine.models.embeddings import resolve_tokenizer_file
 
@@ -125,23 +126,6 @@ def bodies() -> tuple[list[bytes], list[bytes]]:
     return short, long
 
 
-async def _send(pool: list[_Conn], port: int, data: bytes, res: Result, t_sched: float) -> None:
-    loop = asyncio.get_running_loop()
-    conn = pool.pop() if pool else None
-    if conn is None or conn.closed:
-        _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
-    try:
-        raw = await conn.request(data)
-    except ConnectionError:
-        res.statuses[-1] = res.statuses.get(-1, 0) + 1
-        return
-    status = int(raw[9:12])
-    res.statuses[status] = res.statuses.get(status, 0) + 1
-    if status == 200:
-        res.latencies.append(time.perf_counter() - t_sched)
-    pool.append(conn)
-
-
 def _pick(rng: random.Random, short: list[bytes], long: list[bytes]) -> tuple[str, bytes]:
     if rng.random() < LONG_SHARE:
         return "long", rng.choice(long)
@@ -158,7 +142,7 @@ async def mixed_closed(port: int, short: list[bytes], long: list[bytes], seconds
     async def client() -> None:
         pool: list[_Conn] = []
         while time.perf_counter() < deadline:
-            await _send(pool, port, _pick(rng, short, long)[1], res, time.perf_counter())
+            await send_one(pool, port, _pick(rng, short, long)[1], res, time.perf_counter())
         for c in pool:
             if c.transport is not None:
                 c.transport.close()
@@ -183,7 +167,7 @@ async def mixed_open(
         if delay > 0:
             await asyncio.sleep(delay)  # pacing the offered load, not synchronisation
         kind, data = _pick(rng, short, long)
-        tasks.append(asyncio.ensure_future(_send(pool, port, data, res[kind], t_sched)))
+        tasks.append(asyncio.ensure_future(send_one(pool, port, data, res[kind], t_sched)))
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     elapsed = time.perf_counter() - t0
     for c in pool:
