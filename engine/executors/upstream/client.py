@@ -26,7 +26,13 @@ import aiohttp
 import uvloop
 
 from engine.config import UpstreamConfig
-from engine.executors.upstream.errors import UpstreamError, timeout, unavailable, upstream_error
+from engine.executors.upstream.errors import (
+    UPSTREAM_ERROR,
+    UpstreamError,
+    timeout,
+    unavailable,
+    upstream_error,
+)
 from engine.executors.upstream.relay import Head, Relay, RelayClosed
 from engine.executors.upstream.replicas import Replica, ReplicaSet
 
@@ -39,7 +45,16 @@ CALL_MARGIN_S = 1.0
 MAX_ERROR_TEXT = 300
 """Characters of an upstream's error body kept in our error message."""
 MAX_ERROR_BODY = 64 * 1024
-"""Bytes of a non-2xx answer read to find its message."""
+"""Bytes of a non-2xx answer read to find its message (and of a health check's answer)."""
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+"""Largest answer read from a replica (a batch of embeddings or tensors is far smaller: the
+APIs cap a request at 16 Mi elements); beyond it the call fails as ``upstream_error``."""
+
+
+class ReplyTooLarge(Exception):
+    """A replica's answer passed ``MAX_REPLY_BYTES``: it is not read further."""
+
+
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 STREAM_HEADERS = {"Content-Type": "application/json"}
 
@@ -168,6 +183,9 @@ class UpstreamClient:
         except _NotSent as e:
             self.replicas.release(replica, failure=f"connect: {e}")
             raise
+        except ReplyTooLarge as e:
+            self.replicas.release(replica, failure=str(e))
+            raise UpstreamError(502, UPSTREAM_ERROR, f"replica {url}: {e}", replica=url) from None
         except TimeoutError:
             fut.cancel()
             self.replicas.release(replica, failure="timed out")
@@ -289,7 +307,7 @@ class UpstreamClient:
         assert self._session is not None
         try:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
-                payload = await resp.read()
+                payload = await read_reply(resp, MAX_REPLY_BYTES)
                 raw = resp.headers.get("Inference-Header-Content-Length")
                 return resp.status, payload, int(raw) if raw and raw.isdigit() else None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
@@ -355,7 +373,7 @@ class UpstreamClient:
         )
         try:
             async with self._session.get(replica.url + self.health_path, timeout=t) as resp:
-                await resp.read()
+                await _read_capped(resp, MAX_ERROR_BODY)
                 ok, detail = 200 <= resp.status < 300, f"GET {self.health_path}: {resp.status}"
         except TimeoutError:
             ok, detail = False, f"GET {self.health_path}: no answer within {self._health_s:g} s"
@@ -374,6 +392,22 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(parts)[:cap]
+
+
+async def read_reply(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """``resp``'s whole body, refused past ``cap`` bytes (by its Content-Length before any read,
+    or as soon as the bytes received pass it).
+
+    Raises:
+        ReplyTooLarge: the body is larger than ``cap``.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        raise ReplyTooLarge(f"answer of {declared} bytes is larger than {cap}")
+    body = await _read_capped(resp, cap + 1)
+    if len(body) > cap:
+        raise ReplyTooLarge(f"answer larger than {cap} bytes")
+    return body
 
 
 def _error_text(payload: bytes) -> str:
