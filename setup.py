@@ -1,6 +1,7 @@
 """Build hook: the hot HTTP modules compiled with mypyc where a compiler is present.
 
-Everything else is in pyproject.toml. ``engine/http`` is compiled ahead of time (the protocol,
+Everything else is in pyproject.toml. ``engine/http`` (compiled as ``infergate.engine.http``,
+through the ``infergate/engine`` link) is compiled ahead of time (the protocol,
 its intake and output sides, response encoding: bench/proto_micro.py 9.7 -> 4.6-6.1 µs per
 pipelined request, docs/benchmarks.md "Compiled protocol"); the pure-Python modules stay
 beside the extension modules and are used where mypyc or a C compiler is missing, a build
@@ -20,7 +21,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 HOT = sorted(
     str(p.relative_to(ROOT))
-    for p in (ROOT / "engine" / "http").glob("*.py")
+    for p in (ROOT / "infergate" / "engine" / "http").glob("*.py")
     if p.name != "__init__.py"
 )
 

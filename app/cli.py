@@ -9,15 +9,15 @@ import sys
 import threading
 from typing import Any
 
-from app import keys_cli
-from app.config import ConfigError, LoadedConfig, load_config
-from app.runtime import JsonFormatter, ServerView, reload_batching
-from engine import __version__
-from engine.auth.tenants import AuthConfigError
-from engine.executors.base import ExecutorError
-from engine.models.repository import RepositoryError, check_repository, describe_entry
-from engine.net.tls import TlsError
-from engine.server import Server
+from infergate.app import keys_cli
+from infergate.app.config import ConfigError, LoadedConfig, load_config
+from infergate.app.runtime import JsonFormatter, ServerView, reload_batching
+from infergate.engine import __version__
+from infergate.engine.auth.tenants import AuthConfigError
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.models.repository import RepositoryError, check_repository, describe_entry
+from infergate.engine.net.tls import TlsError
+from infergate.engine.server import Server
 
 log = logging.getLogger("infergate")
 
@@ -158,8 +158,8 @@ def _run_dashboard(server: Server, status: str, path: str | None, overrides: dic
     drive the dashboard any more, and its log lines would go nowhere (``tui.terminal``). A
     SIGHUP while the terminal is still there reloads the config, as in headless mode.
     """
-    from tui.app import Dashboard, RingLogHandler  # noqa: PLC0415 - only in TUI mode
-    from tui.terminal import TerminalWatch, dashboard_driver  # noqa: PLC0415
+    from infergate.tui.app import Dashboard, RingLogHandler  # noqa: PLC0415 - only in TUI mode
+    from infergate.tui.terminal import TerminalWatch, dashboard_driver  # noqa: PLC0415
 
     ring = RingLogHandler()
     logging.getLogger().handlers[:] = [ring]

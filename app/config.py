@@ -10,8 +10,13 @@ from typing import Any
 
 import msgspec
 
-from engine.config import ServerConfig
-from engine.models.repository import RepoEntry, RepositoryError, merge_models, scan_repository
+from infergate.engine.config import ServerConfig
+from infergate.engine.models.repository import (
+    RepoEntry,
+    RepositoryError,
+    merge_models,
+    scan_repository,
+)
 
 MAX_CONFIG_BYTES = 1 << 20
 """A config file is a few kB; anything over 1 MiB is refused unread (a path replaced by a
@@ -37,7 +42,9 @@ class LoadedConfig:
     """The repository's models as scanned (their configs are in ``server.models`` too)."""
 
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.toml")
+# realpath: imported through the infergate/app link, the built-in config still sits beside
+# the repository's public/ (its static_root is "../public")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.realpath(__file__)), "default.toml")
 """The built-in config (``configs/default.toml`` links to it); used when no --config is given,
 by the package and the PyInstaller executable alike."""
 

@@ -13,8 +13,8 @@ import math
 import os
 import sys
 
-from app.config import ConfigError, load_config
-from engine.auth.keys import Key, KeysFileError, add_key, list_keys, remove_key
+from infergate.app.config import ConfigError, load_config
+from infergate.engine.auth.keys import Key, KeysFileError, add_key, list_keys, remove_key
 
 DEFAULT_KEYS_FILE = "keys.toml"
 

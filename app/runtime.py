@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 
-from app.config import ConfigError, load_config
-from engine.control import Control, ControlError
-from engine.models.registry import CONFIG
-from engine.server import Server
-from engine.snapshot import EngineSnapshot, take
+from infergate.app.config import ConfigError, load_config
+from infergate.engine.control import Control, ControlError
+from infergate.engine.models.registry import CONFIG
+from infergate.engine.server import Server
+from infergate.engine.snapshot import EngineSnapshot, take
 
 log = logging.getLogger("infergate")
 _json = msgspec.json.Encoder()

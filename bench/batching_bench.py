@@ -24,7 +24,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, build, closed_loop, open_loop, start_infergate_admin
 
-from engine.executors.sim import SimExecutor
+from infergate.engine.executors.sim import SimExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 _RATES = os.environ.get("RATES", "500,1000,2000,3000,4000,5000,6000,8000")

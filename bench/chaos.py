@@ -1,7 +1,7 @@
 """Chaos benchmark (not a test): normal clients beside abusive ones, against the default models.
 
-Starts ``infergate --headless`` (``python -m app``) on 127.0.0.1 from a config written from
-app/default.toml (free ports, this repo's public/ folder), pinned to core 0. Then two phases on
+Starts ``infergate --headless`` (``python -m infergate.app``) on 127.0.0.1 from a config written
+from app/default.toml (free ports, this repo's public/ folder), pinned to core 0. Then two phases on
 that one server, each ``CHAOS_SECONDS`` long (``CALM_SECONDS`` for the first):
 
 1. calm: the normal clients alone (embeddings on minilm and sim-embed, static files; closed
@@ -90,7 +90,8 @@ def start_server(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int,
     taskset = ["taskset", "-c", cpus] if len(os.sched_getaffinity(0)) > 1 else []
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [*taskset, sys.executable, "-m", "app", "--config", str(config), "--headless"],
+            [*taskset, sys.executable, "-m", "infergate.app", "--config", str(config),
+             "--headless"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
         )  # fmt: skip
     note_pid(proc.pid)

@@ -14,10 +14,10 @@ import threading
 import time
 from typing import Any
 
-from engine.config import LevelConfig, ModelConfig, PrioritiesConfig
-from engine.executors.base import Executor, Outputs
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest
+from infergate.engine.config import LevelConfig, ModelConfig, PrioritiesConfig
+from infergate.engine.executors.base import Executor, Outputs
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import InferRequest
 
 
 class Blocked(Executor):

@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
-from engine.executors.sim import SimExecutor
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest, Rejection
+from infergate.engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
+from infergate.engine.executors.sim import SimExecutor
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import InferRequest, Rejection
 
 BASE_US = 20_000
 PER_ITEM_US = 500

@@ -6,7 +6,8 @@ vectors. One sub-reactor; each server pinned to core 0, wrk (-t1 -c64) to core 1
 one input or 32 inputs per request, ``encoding_format`` float or base64.
 
 Side by side with other trees: ``TREES="base=/tmp/ig-base,current=."`` runs each tree's
-``python -m app`` (same interpreter, ``PYTHONPATH`` and working directory set to the tree), in
+``python -m infergate.app`` (``-m app`` in older trees; same interpreter, ``PYTHONPATH`` and working
+directory set to the tree), in
 alternating rounds so drift on the box hits every tree alike. Ratios are against the first tree.
 
 Environment: TREES (default ``current=.``), DURATION (s, default 5), ROUNDS (default 2),
@@ -90,7 +91,7 @@ def start(tree: Path, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], in
         "0",
         PY,
         "-m",
-        "app",
+        "infergate.app" if (tree / "infergate").is_dir() else "app",  # trees before issue 10: app
         "--config",
         str(cfg),
         "--headless",

@@ -172,7 +172,7 @@ class Procs:
         path = Path(self.tmp) / f"{name}.toml"
         path.write_text(config)
         port, admin = free_port(), free_port()
-        cmd = [PY, "-m", "app", "--config", str(path), "--listen", f"127.0.0.1:{port}",
+        cmd = [PY, "-m", "infergate.app", "--config", str(path), "--listen", f"127.0.0.1:{port}",
                "--admin-listen", f"127.0.0.1:{admin}", "--headless"]  # fmt: skip
         self.start(name, cmd, port, core)
         wait_ready(port)

@@ -6,9 +6,9 @@ Usage: python bench/infergate_app.py PORT MODE   (MODE: handoff or reuseport)
 import sys
 from pathlib import Path
 
-from engine.config import Limits, ServerConfig
-from engine.http.response import Response
-from engine.server import Server
+from infergate.engine.config import Limits, ServerConfig
+from infergate.engine.http.response import Response
+from infergate.engine.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = Response(b"Hello, World!", 200, b"text/plain")

@@ -1,6 +1,7 @@
 """How long do large KServe JSON bodies stall a reactor? (issue 7.9)
 
-A real server (``python -m app --headless``, port 0, default limits) serves ``sim-tensor``.
+A real server (``python -m infergate.app --headless``, port 0, default limits) serves
+``sim-tensor``.
 ``--clients`` connections each send KServe JSON bodies of ``--mb`` MB (FP32, 2048 rows) in a
 loop from a separate process, while this process times ``GET /healthz`` on its own kept-alive
 connection every ``--probe-ms``. Bounded in time (``--seconds``) and in requests per client.

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import litserve as ls
 
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 
 
 class MiniLM(ls.LitAPI):  # type: ignore[misc]

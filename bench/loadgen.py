@@ -155,7 +155,8 @@ def free_port() -> int:
 
 
 def start_infergate(config: str) -> tuple[subprocess.Popen[str], int]:
-    """Start ``python -m app`` with ``config`` (TOML text) pinned to core 0; returns its port."""
+    """Start ``python -m infergate.app`` with ``config`` (TOML text) pinned to core 0; returns its
+    port."""
     proc, port, _ = start_infergate_admin(config)
     return proc, port
 
@@ -165,7 +166,7 @@ def start_infergate_admin(config: str) -> tuple[subprocess.Popen[str], int, int]
     cfg = Path(tempfile.mkdtemp()) / "bench.toml"
     cfg.write_text(config)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
-    argv = [sys.executable, "-m", "app", "--config", str(cfg), "--headless"]
+    argv = [sys.executable, "-m", "infergate.app", "--config", str(cfg), "--headless"]
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *argv, "--admin-listen", "127.0.0.1:0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,

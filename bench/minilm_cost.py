@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 
 WORDS = [
     "the",

@@ -18,10 +18,10 @@ import timeit
 
 import httptools
 
-from engine.config import Limits
-from engine.http.protocol import HttpContext, HttpProtocol
-from engine.http.router import Router
-from engine.stats import ReactorStats
+from infergate.engine.config import Limits
+from infergate.engine.http.protocol import HttpContext, HttpProtocol
+from infergate.engine.http.router import Router
+from infergate.engine.stats import ReactorStats
 
 
 def bench_protocol_objects() -> tuple[float, float]:

@@ -9,11 +9,11 @@ import concurrent.futures
 import sys
 import time
 
-from engine.config import Limits
-from engine.http.protocol import HttpContext, HttpProtocol
-from engine.http.response import Response
-from engine.http.router import Router
-from engine.stats import ReactorStats
+from infergate.engine.config import Limits
+from infergate.engine.http.protocol import HttpContext, HttpProtocol
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
+from infergate.engine.stats import ReactorStats
 
 HELLO = Response(b"Hello, World!", 200, b"text/plain")
 REQ = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\n\r\n" * 16

@@ -23,8 +23,8 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, build, closed_loop, free_port, start_infergate_admin
 
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = [int(c) for c in os.environ.get("CONCURRENCY", "1,8,32,64").split(",")]

@@ -27,7 +27,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build, closed_loop, free_port
 
-from engine.executors.sim import SimExecutor
+from infergate.engine.executors.sim import SimExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE = Path(os.environ.get("TREE", str(ROOT))).resolve()
@@ -61,8 +61,9 @@ def start(base_us: int, switch_us: int | None) -> tuple[subprocess.Popen[bytes],
         )
         path = f"{tmp}:{TREE}"
     env = {**os.environ, "PYTHONPATH": path, "INFERGATE_LOG_LEVEL": "WARNING"}
-    argv = ["taskset", "-c", "0", sys.executable, "-m", "app", "--config", str(tmp / "c.toml"),
-            "--headless", "--admin-listen", "127.0.0.1:0"]  # fmt: skip
+    argv = ["taskset", "-c", "0", sys.executable, "-m", "infergate.app",
+            "--config", str(tmp / "c.toml"), "--headless",
+            "--admin-listen", "127.0.0.1:0"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=TREE, env=env, stdout=subprocess.DEVNULL)
     for _ in range(300):
         try:

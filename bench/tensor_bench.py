@@ -34,7 +34,7 @@ from loadgen import Result, build, closed_loop, free_port, start_infergate_admin
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from engine.executors.onnx_tensor import OnnxTensorExecutor  # noqa: E402
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor  # noqa: E402
 
 CONCURRENCY = [int(c) for c in os.environ.get("CONCURRENCY", "1,8,64").split(",")]
 SECONDS = float(os.environ.get("SECONDS", "3"))

@@ -58,7 +58,7 @@ def start(tmp: Path, name: str, tls: str) -> tuple[int, subprocess.Popen[bytes]]
     cfg.write_text(CONFIG.format(tls=tls), encoding="utf-8")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERGATE_LOG_LEVEL": "WARNING"}
-    cmd = ["taskset", "-c", "0", PY, "-m", "app", "--config", str(cfg), "--headless",
+    cmd = ["taskset", "-c", "0", PY, "-m", "infergate.app", "--config", str(cfg), "--headless",
            "--listen", f"127.0.0.1:{port}"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_port(port, proc, name)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, _Conn, build, start_infergate
 from loadgen import _one as send_one  # one request on a pooled connection, timed
 
-from engine.models.embeddings import resolve_tokenizer_file
+from infergate.engine.models.embeddings import resolve_tokenizer_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = float(os.environ.get("DURATION", "5"))

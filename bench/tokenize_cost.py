@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import ModelConfig
-from engine.executors.onnx_text import build_text_executor
-from engine.models.embeddings import resolve_tokenizer_file
-from engine.models.text import TextEncoder
+from infergate.engine.config import ModelConfig
+from infergate.engine.executors.onnx_text import build_text_executor
+from infergate.engine.models.embeddings import resolve_tokenizer_file
+from infergate.engine.models.text import TextEncoder
 
 WORDS = [
     "the",

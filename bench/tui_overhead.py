@@ -50,7 +50,9 @@ def wait_listening(port: int) -> None:
 def start(mode: str, port: int) -> None:
     cfg = Path(tempfile.mkdtemp()) / f"c{port}.toml"
     cfg.write_text(CONFIG.format(port=port))
-    cmd = f"taskset -c 0 {PY} -m app --config {cfg}" + (" --headless" if mode == "headless" else "")
+    cmd = f"taskset -c 0 {PY} -m infergate.app --config {cfg}" + (
+        " --headless" if mode == "headless" else ""
+    )
     subprocess.run(["tmux", "new-session", "-d", "-s", f"ig{port}", "-x", "160", "-y", "45",
                     f"cd {ROOT} && {cmd}"], check=True)  # fmt: skip
     wait_listening(port)

@@ -21,9 +21,9 @@ from typing import Any
 
 import msgspec
 
-from engine.config import BatchingConfig
-from engine.models.registry import READY, ModelLoadError, ModelRegistry, ModelState
-from engine.scheduler.batcher import Batcher
+from infergate.engine.config import BatchingConfig
+from infergate.engine.models.registry import READY, ModelLoadError, ModelRegistry, ModelState
+from infergate.engine.scheduler.batcher import Batcher
 
 audit_log = logging.getLogger("infergate.audit")
 

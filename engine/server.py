@@ -9,25 +9,25 @@ from collections.abc import Callable
 
 from prometheus_client.registry import CollectorRegistry
 
-from engine.api.admin import add_admin_routes
-from engine.api.chat import add_chat_routes
-from engine.api.health import add_health_routes, add_metrics_route
-from engine.api.kserve import add_kserve_routes
-from engine.api.openai import add_openai_routes
-from engine.api.repository import add_repository_routes
-from engine.api.text import add_text_routes
-from engine.auth.admin import admin_planes
-from engine.auth.metrics import KeyCollector
-from engine.auth.tenants import Auth
-from engine.config import ServerConfig, parse_listen
-from engine.control import Control
-from engine.http.router import Router
-from engine.http.static import StaticFiles
-from engine.models.metrics import ModelCollector
-from engine.models.registry import ModelRegistry
-from engine.net.reactor import MainReactor, SubReactor, open_listeners
-from engine.net.tls import ServerTls
-from engine.stats import HttpCollector
+from infergate.engine.api.admin import add_admin_routes
+from infergate.engine.api.chat import add_chat_routes
+from infergate.engine.api.health import add_health_routes, add_metrics_route
+from infergate.engine.api.kserve import add_kserve_routes
+from infergate.engine.api.openai import add_openai_routes
+from infergate.engine.api.repository import add_repository_routes
+from infergate.engine.api.text import add_text_routes
+from infergate.engine.auth.admin import admin_planes
+from infergate.engine.auth.metrics import KeyCollector
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.config import ServerConfig, parse_listen
+from infergate.engine.control import Control
+from infergate.engine.http.router import Router
+from infergate.engine.http.static import StaticFiles
+from infergate.engine.models.metrics import ModelCollector
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.net.reactor import MainReactor, SubReactor, open_listeners
+from infergate.engine.net.tls import ServerTls
+from infergate.engine.stats import HttpCollector
 
 log = logging.getLogger("infergate")
 

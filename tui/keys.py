@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from textual.widgets import Static
 
-from engine.auth.metrics import KeyLoad, KeyMetrics
+from infergate.engine.auth.metrics import KeyLoad, KeyMetrics
 
 TOP = 5
 """Keys shown."""

@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.control import Control, ControlError
+from infergate.engine.control import Control, ControlError
 
 ACTOR = "dashboard"
 """Who the audit log names for changes made here."""

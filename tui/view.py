@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.snapshot import EngineSnapshot, ModelSnapshot
-from engine.stats import DURATION_BUCKETS, WAIT_BUCKETS
+from infergate.engine.snapshot import EngineSnapshot, ModelSnapshot
+from infergate.engine.stats import DURATION_BUCKETS, WAIT_BUCKETS
 
 NEAR_FULL = 0.8
 """A queue this full (of its max_queue_size) is shown as trouble."""

@@ -13,13 +13,13 @@ from typing import Any
 
 import msgspec
 
-from engine.api.common import BODY_TOO_LARGE, ApiError, invalid
-from engine.auth.keys import KeysFileError
-from engine.auth.tenants import Auth
-from engine.control import Control, ControlError
-from engine.http.request import Request
-from engine.http.response import Response, error_response, json_response
-from engine.http.router import Router
+from infergate.engine.api.common import BODY_TOO_LARGE, ApiError, invalid
+from infergate.engine.auth.keys import KeysFileError
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.control import Control, ControlError
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, error_response, json_response
+from infergate.engine.http.router import Router
 
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 """The largest admin request body: a batching change is well under 1 KiB."""

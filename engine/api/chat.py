@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     ANONYMOUS,
     BODY_TOO_LARGE,
     HTTP_ERRORS,
@@ -32,16 +32,16 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
-from engine.auth.tenants import Auth
-from engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
-from engine.executors.upstream.generate import CHAT_PATH, COMPLETIONS_PATH
-from engine.executors.upstream.relay import End, Head, Relay
-from engine.http.request import Request
-from engine.http.response import AnyResponse, Headers, Response, StreamResponse
-from engine.http.router import Router
-from engine.models.registry import ModelRegistry
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import CANCELLED, InferRequest, Rejection
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
+from infergate.engine.executors.upstream.generate import CHAT_PATH, COMPLETIONS_PATH
+from infergate.engine.executors.upstream.relay import End, Head, Relay
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import AnyResponse, Headers, Response, StreamResponse
+from infergate.engine.http.router import Router
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import CANCELLED, InferRequest, Rejection
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """A chat body: long conversations are bigger than an embeddings request (128k tokens of

@@ -10,14 +10,14 @@ from typing import Any
 
 import msgspec
 
-from engine.auth.keys import Key, KeyStore
-from engine.auth.limits import ITEMS_OVER_BURST, STORE_UNAVAILABLE
-from engine.auth.tenants import Auth
-from engine.executors.spec import InputError
-from engine.http.request import Request
-from engine.http.response import Headers, Response, error_response
-from engine.scheduler.batcher import Batcher, Measures
-from engine.scheduler.queues import CANCELLED, EXECUTOR_ERROR, InferRequest, Rejection
+from infergate.engine.auth.keys import Key, KeyStore
+from infergate.engine.auth.limits import ITEMS_OVER_BURST, STORE_UNAVAILABLE
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.executors.spec import InputError
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Headers, Response, error_response
+from infergate.engine.scheduler.batcher import Batcher, Measures
+from infergate.engine.scheduler.queues import CANCELLED, EXECUTOR_ERROR, InferRequest, Rejection
 
 INVALID_INPUT = "invalid_input"
 BODY_TOO_LARGE = "body_too_large"

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from engine.http.request import Request
-from engine.http.response import Response, json_response
-from engine.http.router import Router
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, json_response
+from infergate.engine.http.router import Router
 
 _OK = json_response({"status": "ok"})
 _DRAINING = json_response({"status": "draining"}, 503, [(b"Retry-After", b"1")])

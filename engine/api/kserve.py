@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     BODY_TOO_LARGE,
     HTTP_ERRORS,
     MODEL_NOT_FOUND,
@@ -39,7 +39,7 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
-from engine.api.kserve_codec import (
+from infergate.engine.api.kserve_codec import (
     JSON_CHUNK,
     MAX_JSON_BYTES,
     OFFLOAD_BYTES,
@@ -53,9 +53,9 @@ from engine.api.kserve_codec import (
     split_body,
     timeout_ms,
 )
-from engine.auth.keys import Key
-from engine.auth.tenants import Auth
-from engine.executors.spec import (
+from infergate.engine.auth.keys import Key
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.executors.spec import (
     InputError,
     ModelSpec,
     SpecError,
@@ -64,12 +64,12 @@ from engine.executors.spec import (
     from_numpy,
     to_items,
 )
-from engine.http.request import Request
-from engine.http.response import CONTENT_TYPE_JSON, Response, json_response
-from engine.http.router import Router
-from engine.models.registry import ModelRegistry
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import EXECUTOR_ERROR, InferRequest, Rejection
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import CONTENT_TYPE_JSON, Response, json_response
+from infergate.engine.http.router import Router
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import EXECUTOR_ERROR, InferRequest, Rejection
 
 TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 """Triton config ``data_type`` names that are not ``TYPE_`` + the KServe name."""

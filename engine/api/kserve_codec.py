@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     BODY_TOO_LARGE,
     MAX_INPUTS,
     MAX_TIMEOUT_MS,
@@ -26,9 +26,9 @@ from engine.api.common import (
     digits,
     invalid,
 )
-from engine.executors.spec import DATATYPES, Array
-from engine.http.request import Request
-from engine.http.response import Headers, Response, json_response, numpy_json
+from infergate.engine.executors.spec import DATATYPES, Array
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Headers, Response, json_response, numpy_json
 
 DTYPES: dict[str, np.dtype[Any]] = {
     d.kserve: d.numpy for d in DATATYPES if d.numpy is not None and d.kserve != "BYTES"

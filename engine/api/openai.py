@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     BODY_TOO_LARGE,
     HTTP_ERRORS,
     MAX_INPUTS,
@@ -24,12 +24,12 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
-from engine.auth.tenants import Auth
-from engine.http.request import Request
-from engine.http.response import CONTENT_TYPE_JSON, Response, json_response, numpy_json
-from engine.http.router import Router
-from engine.models.registry import ModelRegistry
-from engine.scheduler.queues import InferRequest
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import CONTENT_TYPE_JSON, Response, json_response, numpy_json
+from infergate.engine.http.router import Router
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.scheduler.queues import InferRequest
 
 MAX_TOKEN_ID = 2**31 - 1
 MAX_BODY_BYTES = 1024 * 1024

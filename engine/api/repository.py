@@ -26,13 +26,13 @@ from typing import Any
 
 import msgspec
 
-from engine.api.admin import decode_body
-from engine.api.common import ApiError, invalid
-from engine.api.kserve import kserve_error
-from engine.control import Control, ControlError
-from engine.http.request import Request
-from engine.http.response import Response, json_response
-from engine.http.router import Router
+from infergate.engine.api.admin import decode_body
+from infergate.engine.api.common import ApiError, invalid
+from infergate.engine.api.kserve import kserve_error
+from infergate.engine.control import Control, ControlError
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, json_response
+from infergate.engine.http.router import Router
 
 PREFIX = "/v2/repository/"
 WAIT_S = 120.0

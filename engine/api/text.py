@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     MAX_INPUT_CHARS,
     MAX_INPUTS,
     MAX_REQUEST_CHARS,
@@ -33,14 +33,14 @@ from engine.api.common import (
     priority_and_timeout,
     telemetry,
 )
-from engine.auth.tenants import Auth
-from engine.http.request import Request
-from engine.http.response import Headers, Response, json_response
-from engine.http.router import Router
-from engine.models.registry import ModelRegistry
-from engine.models.text import TextPreparer, Tokens
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest, Rejection
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Headers, Response, json_response
+from infergate.engine.http.router import Router
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.models.text import TextPreparer, Tokens
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import InferRequest, Rejection
 
 MAX_RERANK_DOCUMENTS = 1000
 """Documents per rerank request (Cohere's recommended maximum); each is one batch item."""

@@ -13,9 +13,9 @@ import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from engine.http.request import Request
-from engine.http.response import AnyResponse, error_response
-from engine.http.router import Handler, Router
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import AnyResponse, error_response
+from infergate.engine.http.router import Handler, Router
 
 ADMIN_PREFIX = "/admin/"
 REPOSITORY_PREFIX = "/v2/repository/"

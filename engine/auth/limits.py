@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.auth.keys import Key
+from infergate.engine.auth.keys import Key
 
 REQUESTS = "rate_limit_requests"
 """Reason: the key's request bucket is empty (429, Retry-After)."""

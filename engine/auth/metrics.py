@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from engine.stats import WAIT_BUCKETS, Histogram
+from infergate.engine.stats import WAIT_BUCKETS, Histogram
 
 
 class KeyCounters:

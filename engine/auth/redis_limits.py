@@ -28,8 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from engine.auth.keys import Key
-from engine.auth.limits import (
+from infergate.engine.auth.keys import Key
+from infergate.engine.auth.limits import (
     ALLOWED,
     ITEMS,
     ITEMS_OVER_BURST,

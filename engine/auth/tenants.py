@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from engine.auth.keys import KeyChanges, KeysFileError, KeyStore, diff_stores
-from engine.auth.limits import ConcurrencyGate, LocalLimiter, RateLimiter
-from engine.auth.metrics import KeyMetrics
-from engine.config import AuthConfig
+from infergate.engine.auth.keys import KeyChanges, KeysFileError, KeyStore, diff_stores
+from infergate.engine.auth.limits import ConcurrencyGate, LocalLimiter, RateLimiter
+from infergate.engine.auth.metrics import KeyMetrics
+from infergate.engine.config import AuthConfig
 
 log = logging.getLogger("infergate.auth")
 audit_log = logging.getLogger("infergate.audit")
@@ -124,7 +124,7 @@ class Auth:
         limiter: RateLimiter | None = None
         if cfg.rate_limit_store:
             check_store_url(cfg.rate_limit_store)
-            from engine.auth.redis_limits import RedisLimiter  # noqa: PLC0415 - needs redis-py
+            from infergate.engine.auth.redis_limits import RedisLimiter  # noqa: PLC0415 - needs redis-py
 
             limiter = RedisLimiter(cfg.rate_limit_store, fail_closed=cfg.fail_closed)
         return cls(

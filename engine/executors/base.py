@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.spec import Array, ModelSpec, batch_key, check_inputs
+from infergate.engine.executors.spec import Array, ModelSpec, batch_key, check_inputs
 
 Outputs = Sequence[Any] | np.ndarray[Any, Any]
 """One output per item, in order: a sequence, or an array whose first axis is the item."""

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import Executor, ExecutorError, Outputs
-from engine.executors.ort_session import open_session
-from engine.executors.spec import embedding_spec
-from engine.models.embeddings import mean_pool_normalize
+from infergate.engine.executors.base import Executor, ExecutorError, Outputs
+from infergate.engine.executors.ort_session import open_session
+from infergate.engine.executors.spec import embedding_spec
+from infergate.engine.models.embeddings import mean_pool_normalize
 
 BATCH_MEMORY_BUDGET = 2 << 30
 """Bytes of activations one batch may take (per executor slot): the derived batch ceiling is

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import Executor, ExecutorError, Outputs
-from engine.executors.ort_session import open_session
-from engine.executors.spec import (
+from infergate.engine.executors.base import Executor, ExecutorError, Outputs
+from infergate.engine.executors.ort_session import open_session
+from infergate.engine.executors.spec import (
     Array,
     ModelSpec,
     SpecError,

@@ -25,13 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import ModelConfig
-from engine.executors.base import Executor, ExecutorError, Outputs
-from engine.executors.onnx import BATCH_MEMORY_BUDGET, MAX_DERIVED_BATCH, activation_bytes_per_item
-from engine.executors.ort_session import open_session
-from engine.executors.spec import embedding_spec
-from engine.models.embeddings import BUILTIN, resolve_model_file, resolve_tokenizer_file
-from engine.models.text import (
+from infergate.engine.config import ModelConfig
+from infergate.engine.executors.base import Executor, ExecutorError, Outputs
+from infergate.engine.executors.onnx import (
+    BATCH_MEMORY_BUDGET,
+    MAX_DERIVED_BATCH,
+    activation_bytes_per_item,
+)
+from infergate.engine.executors.ort_session import open_session
+from infergate.engine.executors.spec import embedding_spec
+from infergate.engine.models.embeddings import BUILTIN, resolve_model_file, resolve_tokenizer_file
+from infergate.engine.models.text import (
     FolderFacts,
     TextEncoder,
     TextModelError,

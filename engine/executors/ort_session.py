@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.executors.base import ExecutorError
+from infergate.engine.executors.base import ExecutorError
 
 
 def open_session(model_file: str, threads: int, providers: tuple[str, ...]) -> Any:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import Executor, Outputs
-from engine.executors.spec import (
+from infergate.engine.executors.base import Executor, Outputs
+from infergate.engine.executors.spec import (
     Array,
     InputError,
     ModelSpec,

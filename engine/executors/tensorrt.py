@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import ExecutorError, Outputs
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.spec import embedding_spec
-from engine.models.embeddings import mean_pool_normalize
+from infergate.engine.executors.base import ExecutorError, Outputs
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.spec import embedding_spec
+from infergate.engine.models.embeddings import mean_pool_normalize
 
 log = logging.getLogger("infergate.tensorrt")
 

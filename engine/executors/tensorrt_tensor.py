@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import Executor, ExecutorError, Outputs
-from engine.executors.onnx_tensor import warmup_items
-from engine.executors.spec import (
+from infergate.engine.executors.base import Executor, ExecutorError, Outputs
+from infergate.engine.executors.onnx_tensor import warmup_items
+from infergate.engine.executors.spec import (
     Array,
     ModelSpec,
     SpecError,
@@ -41,7 +41,7 @@ from engine.executors.spec import (
     loaded_facts,
     numpy_dtype,
 )
-from engine.executors.tensorrt import _check, _cudart, probe_cuda_driver
+from infergate.engine.executors.tensorrt import _check, _cudart, probe_cuda_driver
 
 log = logging.getLogger("infergate.tensorrt")
 

@@ -7,9 +7,9 @@ import logging
 import os
 import time
 
-from engine.http.request import Request
-from engine.http.response import Response, error_response
-from engine.http.router import SUPPORTED_METHODS, Route
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, error_response
+from infergate.engine.http.router import SUPPORTED_METHODS, Route
 
 access_log = logging.getLogger("infergate.access")
 _METHODS = sorted(m.encode() for m in SUPPORTED_METHODS)

@@ -15,8 +15,8 @@ import resource
 import threading
 from typing import Protocol
 
-from engine.config import Limits
-from engine.logutil import RateLimitedLog
+from infergate.engine.config import Limits
+from infergate.engine.logutil import RateLimitedLog
 
 __all__ = ["Backlogged", "ProcessBounds", "derived_max_connections", "process_bounds"]
 

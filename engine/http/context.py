@@ -7,10 +7,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from engine.config import Limits
-from engine.http.bounds import ProcessBounds, process_bounds
-from engine.http.router import Router
-from engine.stats import ReactorStats
+from infergate.engine.config import Limits
+from infergate.engine.http.bounds import ProcessBounds, process_bounds
+from infergate.engine.http.router import Router
+from infergate.engine.stats import ReactorStats
 
 
 class Connection(Protocol):

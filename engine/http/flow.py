@@ -19,10 +19,10 @@ import logging
 import os
 from collections import deque
 
-from engine.http.context import HttpContext
-from engine.http.errors import HttpError
-from engine.http.request import Request
-from engine.http.response import (
+from infergate.engine.http.context import HttpContext
+from infergate.engine.http.errors import HttpError
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import (
     LAST_CHUNK,
     NO_BODY_STATUSES,
     AnyResponse,
@@ -31,7 +31,7 @@ from engine.http.response import (
     chunk,
     encode_head,
 )
-from engine.logutil import RateLimitedLog
+from infergate.engine.logutil import RateLimitedLog
 
 log = logging.getLogger("infergate.http")
 limited_log = RateLimitedLog(log)

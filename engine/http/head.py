@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from engine.http.errors import HttpError
+from infergate.engine.http.errors import HttpError
 
 REQUEST_START = re.compile(rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 """What a request-line starts with (optional empty lines, a token, SP): a method llhttp refuses

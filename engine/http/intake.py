@@ -13,13 +13,18 @@ from collections.abc import Callable
 
 import httptools
 
-from engine.http.context import HttpContext
-from engine.http.errors import HttpError
-from engine.http.flow import PAUSE_PIPELINE, PAUSE_WRITE, ConnectionFlow
-from engine.http.head import KNOWN_HOSTS, check_host, check_transfer_encoding, http_version
-from engine.http.request import Request
-from engine.http.router import SUPPORTED_METHODS, BodyLimit, Handler, Route
-from engine.http.target import decode_path, split_target
+from infergate.engine.http.context import HttpContext
+from infergate.engine.http.errors import HttpError
+from infergate.engine.http.flow import PAUSE_PIPELINE, PAUSE_WRITE, ConnectionFlow
+from infergate.engine.http.head import (
+    KNOWN_HOSTS,
+    check_host,
+    check_transfer_encoding,
+    http_version,
+)
+from infergate.engine.http.request import Request
+from infergate.engine.http.router import SUPPORTED_METHODS, BodyLimit, Handler, Route
+from infergate.engine.http.target import decode_path, split_target
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m.encode(): m for m in SUPPORTED_METHODS}

@@ -29,12 +29,12 @@ from collections.abc import Awaitable, Callable
 
 import httptools
 
-from engine.http.answers import log_access, no_handler
-from engine.http.context import HttpContext
-from engine.http.errors import HttpError
-from engine.http.flow import CONN_CLOSE, PAUSE_CLOSING, PAUSE_PIPELINE, Slot, limited_log
-from engine.http.head import invalid_method
-from engine.http.intake import (
+from infergate.engine.http.answers import log_access, no_handler
+from infergate.engine.http.context import HttpContext
+from infergate.engine.http.errors import HttpError
+from infergate.engine.http.flow import CONN_CLOSE, PAUSE_CLOSING, PAUSE_PIPELINE, Slot, limited_log
+from infergate.engine.http.head import invalid_method
+from infergate.engine.http.intake import (
     CONTINUE,
     DL_BODY,
     DL_HEAD,
@@ -44,8 +44,8 @@ from engine.http.intake import (
     RouteRefusal,
     StopParsing,
 )
-from engine.http.request import Request
-from engine.http.response import (
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import (
     AnyResponse,
     FileResponse,
     Response,
@@ -53,7 +53,7 @@ from engine.http.response import (
     encode_response,
     error_response,
 )
-from engine.http.router import Handler, Route
+from infergate.engine.http.router import Handler, Route
 
 __all__ = ["CONTINUE", "HttpContext", "HttpError", "HttpProtocol"]
 

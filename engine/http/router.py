@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-from engine.http.request import Request
-from engine.http.response import AnyResponse, Response, error_response
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import AnyResponse, Response, error_response
 
 Handler = Callable[[Request], AnyResponse | Awaitable[AnyResponse]]
 

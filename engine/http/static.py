@@ -19,8 +19,14 @@ import time
 from email.utils import formatdate, parsedate_to_datetime
 from typing import NamedTuple
 
-from engine.http.request import Request
-from engine.http.response import AnyResponse, FileResponse, Headers, Response, error_response
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import (
+    AnyResponse,
+    FileResponse,
+    Headers,
+    Response,
+    error_response,
+)
 
 SMALL_FILE_BYTES = 64 * 1024
 CACHE_MAX_BYTES = 32 * 1024 * 1024

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from engine.http.errors import HttpError
+from infergate.engine.http.errors import HttpError
 
 
 def split_target(url: bytes) -> tuple[bytes, bytes]:

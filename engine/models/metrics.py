@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from engine.executors.upstream.executor import UpstreamExecutor
-from engine.executors.upstream.replicas import EJECTED, HEALTHY
-from engine.models.registry import ModelRegistry
-from engine.scheduler.batcher import Batcher
-from engine.stats import DURATION_BUCKETS, Histogram, cumulative_buckets
+from infergate.engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.replicas import EJECTED, HEALTHY
+from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.stats import DURATION_BUCKETS, Histogram, cumulative_buckets
 
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 

@@ -21,7 +21,7 @@ import mmap
 import os
 from collections.abc import Iterator
 
-from engine.executors.spec import SpecError, TensorSpec, from_onnx_type
+from infergate.engine.executors.spec import SpecError, TensorSpec, from_onnx_type
 
 Field = tuple[int, int, int | memoryview]
 """(field number, wire type, value): an int for varints and fixed-size fields, else bytes."""

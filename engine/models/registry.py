@@ -15,22 +15,22 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine.config import BatchingConfig, ModelConfig
-from engine.executors.base import Executor, ExecutorError, batch_ceiling
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.onnx_tensor import OnnxTensorExecutor
-from engine.executors.onnx_text import TEXT_TASKS, build_text_executor
-from engine.executors.sim import SimExecutor
-from engine.executors.spec import ModelSpec
-from engine.executors.tensorrt import TensorRTEmbeddingExecutor
-from engine.executors.tensorrt_tensor import TensorRTTensorExecutor
-from engine.executors.upstream.generate import GenerateExecutor
-from engine.executors.upstream.kserve import KServeTensorExecutor
-from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
-from engine.models.memory import release_memory
-from engine.models.repository import RepositoryError, model_folders, scan_folder
-from engine.scheduler.batcher import Batcher
+from infergate.engine.config import BatchingConfig, ModelConfig
+from infergate.engine.executors.base import Executor, ExecutorError, batch_ceiling
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor
+from infergate.engine.executors.onnx_text import TEXT_TASKS, build_text_executor
+from infergate.engine.executors.sim import SimExecutor
+from infergate.engine.executors.spec import ModelSpec
+from infergate.engine.executors.tensorrt import TensorRTEmbeddingExecutor
+from infergate.engine.executors.tensorrt_tensor import TensorRTTensorExecutor
+from infergate.engine.executors.upstream.generate import GenerateExecutor
+from infergate.engine.executors.upstream.kserve import KServeTensorExecutor
+from infergate.engine.executors.upstream.openai import OpenAIEmbeddingsExecutor
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.models.memory import release_memory
+from infergate.engine.models.repository import RepositoryError, model_folders, scan_folder
+from infergate.engine.scheduler.batcher import Batcher
 
 log = logging.getLogger("infergate.models")
 

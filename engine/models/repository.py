@@ -23,9 +23,9 @@ from typing import Any
 
 import msgspec
 
-from engine.config import ModelConfig
-from engine.executors.spec import batch_dynamic
-from engine.models.onnx_io import OnnxFormatError, read_onnx_io
+from infergate.engine.config import ModelConfig
+from infergate.engine.executors.spec import batch_dynamic
+from infergate.engine.models.onnx_io import OnnxFormatError, read_onnx_io
 
 MODEL_TOML = "model.toml"
 ONNX_FILE = "model.onnx"

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from engine.executors.base import ExecutorError
+from infergate.engine.executors.base import ExecutorError
 
 Array = np.ndarray[Any, Any]
 Pooling = Literal["mean", "cls", "max", "last_token"]

@@ -28,13 +28,13 @@ from typing import Any
 
 import uvloop
 
-from engine.config import Limits
-from engine.http.bounds import ProcessBounds
-from engine.http.protocol import HttpContext, HttpProtocol
-from engine.http.router import Router
-from engine.logutil import RateLimitedLog
-from engine.net.tls import TLS_SHUTDOWN_S, TlsHttpProtocol
-from engine.stats import ReactorStats
+from infergate.engine.config import Limits
+from infergate.engine.http.bounds import ProcessBounds
+from infergate.engine.http.protocol import HttpContext, HttpProtocol
+from infergate.engine.http.router import Router
+from infergate.engine.logutil import RateLimitedLog
+from infergate.engine.net.tls import TLS_SHUTDOWN_S, TlsHttpProtocol
+from infergate.engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.net")
 

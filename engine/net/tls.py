@@ -24,7 +24,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from engine.http.protocol import HttpProtocol
+from infergate.engine.http.protocol import HttpProtocol
 
 log = logging.getLogger("infergate.tls")
 

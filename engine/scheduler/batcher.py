@@ -24,10 +24,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from engine.config import BatchingConfig, ModelConfig
-from engine.executors.base import Executor, batch_ceiling
-from engine.scheduler.policy import decide
-from engine.scheduler.queues import (
+from infergate.engine.config import BatchingConfig, ModelConfig
+from infergate.engine.executors.base import Executor, batch_ceiling
+from infergate.engine.scheduler.policy import decide
+from infergate.engine.scheduler.queues import (
     CANCELLED,
     DEADLINE_EXCEEDED,
     EXECUTOR_ERROR,
@@ -39,7 +39,7 @@ from engine.scheduler.queues import (
     PriorityQueues,
     Rejection,
 )
-from engine.stats import ModelStats
+from infergate.engine.stats import ModelStats
 
 log = logging.getLogger("infergate.batcher")
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.scheduler.queues import InferRequest
+    from infergate.engine.scheduler.queues import InferRequest
 
 
 class FairLevel:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from engine.config import BatchingConfig
+from infergate.engine.config import BatchingConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.config import PrioritiesConfig
-from engine.scheduler.fair import FairLevel
-from engine.scheduler.policy import charge_levels, pick_level, plan_token_batch
+from infergate.engine.config import PrioritiesConfig
+from infergate.engine.scheduler.fair import FairLevel
+from infergate.engine.scheduler.policy import charge_levels, pick_level, plan_token_batch
 
 if TYPE_CHECKING:
-    from engine.executors.base import UpstreamCall
+    from infergate.engine.executors.base import UpstreamCall
 
 # Reasons carried by rejections: in the JSON error, the X-Infergate-Drop-Reason header, metrics.
 QUEUE_FULL = "queue_full"

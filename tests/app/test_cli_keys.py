@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from engine.auth.keys import hash_secret, list_keys
+from infergate.app.cli import main
+from infergate.engine.auth.keys import hash_secret, list_keys
 
 
 def test_infergate_keys_add_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_config
-from engine import __version__
-from engine.config import Limits, ServerConfig, parse_listen
+from infergate.app.config import ConfigError, load_config
+from infergate.engine import __version__
+from infergate.engine.config import Limits, ServerConfig, parse_listen
 from tests.support.server import REPO_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,7 +179,7 @@ def test_parse_listen_rejects(value: str) -> None:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "app", *args],
+        [sys.executable, "-m", "infergate.app", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.keys_cli import main
-from engine.auth.keys import KeyStore, hash_secret, list_keys
+from infergate.app.keys_cli import main
+from infergate.engine.auth.keys import KeyStore, hash_secret, list_keys
 from tests.support.server import REPO_ROOT
 
 
@@ -135,7 +135,17 @@ def test_runs_as_a_module(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     f = str(tmp_path / "keys.toml")
     run = subprocess.run(
-        [sys.executable, "-m", "app.keys_cli", "add", "cli-key", "--file", f, "--rps", "1"],
+        [
+            sys.executable,
+            "-m",
+            "infergate.app.keys_cli",
+            "add",
+            "cli-key",
+            "--file",
+            f,
+            "--rps",
+            "1",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import load_config
-from app.runtime import reload_batching
-from engine.server import Server
+from infergate.app.config import load_config
+from infergate.app.runtime import reload_batching
+from infergate.engine.server import Server
 
 CONFIG = """
 listen = "127.0.0.1:0"

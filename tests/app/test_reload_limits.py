@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from infergate.app.config import MAX_CONFIG_BYTES, ConfigError, load_config
 from tests.support.client import RawConnection
 from tests.support.server import REPO_ROOT, ServerProcess
 from tests.support.wait import wait_until
@@ -103,7 +103,16 @@ def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
 def start_cli(config: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "app", "--headless", "--listen", "127.0.0.1:0", "--config", config],
+        [
+            sys.executable,
+            "-m",
+            "infergate.app",
+            "--headless",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config,
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -97,7 +97,7 @@ def test_admin_listener_can_be_turned_off(tmp_path: Path) -> None:
 def test_admin_on_public_without_a_token_is_refused_at_start(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "admin_on_public = true")
     proc = subprocess.run(
-        [sys.executable, "-m", "app", "--config", str(cfg), "--check-config"],
+        [sys.executable, "-m", "infergate.app", "--config", str(cfg), "--check-config"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

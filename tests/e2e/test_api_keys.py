@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth.keys import add_key, remove_key
+from infergate.engine.auth.keys import add_key, remove_key
 from tests.support.client import RawConnection, build_request, metric
 from tests.support.server import REPO_ROOT, ServerProcess
 from tests.support.wait import wait_until
@@ -244,7 +244,7 @@ def _start(tmp_path: Path, auth: str) -> subprocess.CompletedProcess[str]:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'listen = "127.0.0.1:0"\n[auth]\n{auth}\n', encoding="utf-8")
     return subprocess.run(
-        [sys.executable, "-m", "app", "--config", str(cfg), "--headless"],
+        [sys.executable, "-m", "infergate.app", "--config", str(cfg), "--headless"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from engine.auth.keys import add_key
+from infergate.engine.auth.keys import add_key
 from tests.support.client import RawConnection
 from tests.support.server import ServerProcess
 from tests.support.stub_upstream import StubUpstream

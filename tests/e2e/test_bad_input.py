@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.api.common import MAX_INPUT_CHARS, MAX_REQUEST_CHARS
-from engine.api.kserve_codec import MAX_DIMS, MAX_JSON_BYTES
-from engine.api.openai import MAX_BODY_BYTES
+from infergate.engine.api.common import MAX_INPUT_CHARS, MAX_REQUEST_CHARS
+from infergate.engine.api.kserve_codec import MAX_DIMS, MAX_JSON_BYTES
+from infergate.engine.api.openai import MAX_BODY_BYTES
 from tests.support.client import HttpResponse, RawConnection
 from tests.support.server import ServerProcess
 

@@ -11,9 +11,9 @@ import numpy as np
 import openai
 import pytest
 
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.sim import sim_vector
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.sim import sim_vector
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from tests.support.client import RawConnection, build_request, metric
 from tests.support.server import ServerProcess
 from tests.support.wait import wait_until

@@ -24,7 +24,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import triton_to_np_dtype
 
-from engine.models.embeddings import resolve_model_file
+from infergate.engine.models.embeddings import resolve_model_file
 from tests.support import onnx_models as m
 from tests.support.client import RawConnection, metric
 from tests.support.server import REPO_ROOT, ServerProcess
@@ -359,7 +359,7 @@ def test_the_simulated_tensor_model_beside_the_repository_keeps_its_behaviour(ur
 
 def _infergate(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args],
+        [sys.executable, "-m", "infergate.app", *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

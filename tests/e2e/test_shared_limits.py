@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth.keys import add_key
+from infergate.engine.auth.keys import add_key
 from tests.engine.auth.test_redis_limits import REDIS_SERVER, RedisServer
 from tests.support.client import RawConnection, metric
 from tests.support.server import ServerProcess

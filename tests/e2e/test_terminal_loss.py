@@ -65,7 +65,7 @@ max_batch_size = 1
 
 MAKEFILE = """\
 run:
-\t{python} -m app --config {config}
+\t{python} -m infergate.app --config {config}
 """
 
 
@@ -205,7 +205,7 @@ def dashboard(tmp: Path, via_make: bool) -> Iterator[tuple[subprocess.Popen[byte
             makefile.write_text(MAKEFILE.format(python=sys.executable, config=config))
             argv = ["make", "-s", "-f", str(makefile), "run"]
         else:
-            argv = [sys.executable, "-m", "app", "--config", str(config)]
+            argv = [sys.executable, "-m", "infergate.app", "--config", str(config)]
         term = Terminal()
         proc = spawn(argv, term, REPO_ROOT)
         try:

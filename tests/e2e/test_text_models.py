@@ -21,14 +21,14 @@ import numpy as np
 import openai
 import pytest
 
-from engine.api.text import MAX_RERANK_DOCUMENTS
-from engine.config import ModelConfig, ServerConfig
-from engine.executors.onnx_text import (
+from infergate.engine.api.text import MAX_RERANK_DOCUMENTS
+from infergate.engine.config import ModelConfig, ServerConfig
+from infergate.engine.executors.onnx_text import (
     PARAPHRASE_L3,
     distribution_file,
 )
-from engine.models.text import Array, l2_normalize, pool, sigmoid, softmax
-from engine.server import Server
+from infergate.engine.models.text import Array, l2_normalize, pool, sigmoid, softmax
+from infergate.engine.server import Server
 from tests.support.client import HttpResponse, RawConnection
 from tests.support.text_models import minilm_tokenizer, reference, write_text_folder
 

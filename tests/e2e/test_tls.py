@@ -144,7 +144,7 @@ def test_the_admin_listener_serves_https_with_admin_tls(tmp_path: Path, certs: C
 
 def _start(config: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    argv = [sys.executable, "-m", "app", "--config", str(config), "--headless",
+    argv = [sys.executable, "-m", "infergate.app", "--config", str(config), "--headless",
             "--listen", "127.0.0.1:0", "--admin-listen", ""]  # fmt: skip
     return subprocess.run(
         argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False

@@ -9,16 +9,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.api.admin import MAX_ADMIN_BODY_BYTES, add_admin_routes
-from engine.config import BatchingConfig, ModelConfig
-from engine.control import Control, ControlError
-from engine.executors.base import ExecutorError
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.sim import SIM_BATCH_LIMIT
-from engine.http.request import Request
-from engine.http.response import Response
-from engine.http.router import Router
-from engine.models.registry import ModelRegistry
+from infergate.engine.api.admin import MAX_ADMIN_BODY_BYTES, add_admin_routes
+from infergate.engine.config import BatchingConfig, ModelConfig
+from infergate.engine.control import Control, ControlError
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.sim import SIM_BATCH_LIMIT
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
+from infergate.engine.models.registry import ModelRegistry
 
 
 def sim(name: str = "m", **kw: Any) -> ModelConfig:

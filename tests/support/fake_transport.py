@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from engine.config import Limits
-from engine.http.bounds import ProcessBounds
-from engine.http.protocol import HttpContext, HttpProtocol
-from engine.http.router import Router
-from engine.stats import ReactorStats
+from infergate.engine.config import Limits
+from infergate.engine.http.bounds import ProcessBounds
+from infergate.engine.http.protocol import HttpContext, HttpProtocol
+from infergate.engine.http.router import Router
+from infergate.engine.stats import ReactorStats
 from tests.support.client import HttpResponse, parse_responses
 
 FIXED_DATE = b"Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"

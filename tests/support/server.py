@@ -55,7 +55,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
     ) -> None:
-        target = [str(SLOW_APP)] if slow_app else ["-m", "app"]
+        target = [str(SLOW_APP)] if slow_app else ["-m", "infergate.app"]
         argv = [
             sys.executable,
             *target,

@@ -19,11 +19,11 @@ import resource
 import sys
 from collections.abc import AsyncIterator
 
-from app.config import load_config
-from engine import __version__
-from engine.http.request import Request
-from engine.http.response import Response, StreamResponse
-from engine.server import Server
+from infergate.app.config import load_config
+from infergate.engine import __version__
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, StreamResponse
+from infergate.engine.server import Server
 
 
 async def slow(req: Request) -> Response:

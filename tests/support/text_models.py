@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.models.embeddings import resolve_tokenizer_file
+from infergate.engine.models.embeddings import resolve_tokenizer_file
 
 OPSET = 17
 IR_VERSION = 8

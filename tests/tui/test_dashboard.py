@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.runtime import ServerView
-from engine.config import BatchingConfig, ModelConfig, ServerConfig
-from engine.server import Server
+from infergate.app.runtime import ServerView
+from infergate.engine.config import BatchingConfig, ModelConfig, ServerConfig
+from infergate.engine.server import Server
+from infergate.tui.app import Dashboard, EditScreen
 from tests.support.client import RawConnection
-from tui.app import Dashboard, EditScreen
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

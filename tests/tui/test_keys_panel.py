@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.app import App, ComposeResult
 
-from engine.auth.metrics import KeyLoad, KeyMetrics
-from tui.keys import KeysPanel, key_rates
+from infergate.engine.auth.metrics import KeyLoad, KeyMetrics
+from infergate.tui.keys import KeysPanel, key_rates
 
 
 def test_key_rates_are_deltas_over_the_window_busiest_first() -> None:

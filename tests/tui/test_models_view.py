@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime import ServerView
-from engine.config import ModelConfig, ServerConfig
-from engine.models.repository import scan_folder
-from engine.server import Server
-from tui.app import Dashboard
-from tui.models_view import ModelsScreen
+from infergate.app.runtime import ServerView
+from infergate.engine.config import ModelConfig, ServerConfig
+from infergate.engine.models.repository import scan_folder
+from infergate.engine.server import Server
+from infergate.tui.app import Dashboard
+from infergate.tui.models_view import ModelsScreen
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from engine.config import BatchingConfig
-from engine.snapshot import EngineSnapshot, ModelSnapshot
-from engine.stats import BATCH_BUCKETS, DURATION_BUCKETS, WAIT_BUCKETS, HttpSnapshot
-from tui.app import Dashboard
+from infergate.engine.config import BatchingConfig
+from infergate.engine.snapshot import EngineSnapshot, ModelSnapshot
+from infergate.engine.stats import BATCH_BUCKETS, DURATION_BUCKETS, WAIT_BUCKETS, HttpSnapshot
+from infergate.tui.app import Dashboard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tui.terminal import TerminalWatch, _GuardedOutput, hung_up
+from infergate.tui.terminal import TerminalWatch, _GuardedOutput, hung_up
 
 EVENT_TIMEOUT_S = 10.0
 

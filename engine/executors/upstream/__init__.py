@@ -5,7 +5,7 @@ session, ``executor.py`` is the shared executor; ``openai.py`` the embeddings ex
 ``generate.py`` chat/completions (relayed through ``relay.py``), ``kserve.py`` tensors.
 """
 
-from engine.executors.upstream.errors import (
+from infergate.engine.executors.upstream.errors import (
     UPSTREAM_ERROR,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,

@@ -25,16 +25,16 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from engine.config import UpstreamConfig
-from engine.executors.upstream.errors import (
+from infergate.engine.config import UpstreamConfig
+from infergate.engine.executors.upstream.errors import (
     UPSTREAM_ERROR,
     UpstreamError,
     timeout,
     unavailable,
     upstream_error,
 )
-from engine.executors.upstream.relay import Head, Relay, RelayClosed
-from engine.executors.upstream.replicas import Replica, ReplicaSet
+from infergate.engine.executors.upstream.relay import Head, Relay, RelayClosed
+from infergate.engine.executors.upstream.replicas import Replica, ReplicaSet
 
 log = logging.getLogger("infergate.upstream")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.scheduler.queues import Rejection
+from infergate.engine.scheduler.queues import Rejection
 
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 """No replica could take the call (all ejected, refused or reset), or the connection to the

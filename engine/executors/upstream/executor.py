@@ -7,10 +7,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.config import UpstreamConfig
-from engine.executors.base import Executor, ExecutorError, UpstreamCall
-from engine.executors.upstream.client import UpstreamClient, UpstreamReply
-from engine.executors.upstream.replicas import Clock, ReplicaSet, ReplicaStats
+from infergate.engine.config import UpstreamConfig
+from infergate.engine.executors.base import Executor, ExecutorError, UpstreamCall
+from infergate.engine.executors.upstream.client import UpstreamClient, UpstreamReply
+from infergate.engine.executors.upstream.replicas import Clock, ReplicaSet, ReplicaStats
 
 log = logging.getLogger("infergate.upstream")
 

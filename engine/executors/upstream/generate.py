@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from engine.executors.base import Outputs
-from engine.executors.upstream.executor import UpstreamExecutor
-from engine.executors.upstream.relay import Relay
+from infergate.engine.executors.base import Outputs
+from infergate.engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.relay import Relay
 
 log = logging.getLogger("infergate.upstream")
 

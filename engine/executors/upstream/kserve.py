@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.executors.base import ExecutorError, Outputs
-from engine.executors.spec import (
+from infergate.engine.executors.base import ExecutorError, Outputs
+from infergate.engine.executors.spec import (
     Array,
     ModelSpec,
     SpecError,
@@ -29,8 +29,8 @@ from engine.executors.spec import (
     batch_dynamic,
     numpy_dtype,
 )
-from engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
-from engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
+from infergate.engine.executors.upstream.executor import UpstreamExecutor
 
 log = logging.getLogger("infergate.upstream")
 

@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.executors.base import Outputs
-from engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
-from engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.base import Outputs
+from infergate.engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
+from infergate.engine.executors.upstream.executor import UpstreamExecutor
 
 log = logging.getLogger("infergate.upstream")
 

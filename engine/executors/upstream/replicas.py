@@ -28,8 +28,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from engine.executors.upstream.errors import unavailable
-from engine.stats import DURATION_BUCKETS, Histogram
+from infergate.engine.executors.upstream.errors import unavailable
+from infergate.engine.stats import DURATION_BUCKETS, Histogram
 
 log = logging.getLogger("infergate.upstream")
 

@@ -11,14 +11,21 @@ from collections.abc import Iterable
 import msgspec
 import pytest
 
-from engine.api.common import ANONYMOUS, Admission, ApiError, admit, authenticate, drop_headers
-from engine.auth.keys import Key, KeyStore, hash_secret
-from engine.auth.limits import STORE_UNAVAILABLE, Decision
-from engine.auth.tenants import Auth
-from engine.config import ModelConfig, PrioritiesConfig
-from engine.executors.sim import SimExecutor
-from engine.http.request import Request
-from engine.scheduler.batcher import Batcher
+from infergate.engine.api.common import (
+    ANONYMOUS,
+    Admission,
+    ApiError,
+    admit,
+    authenticate,
+    drop_headers,
+)
+from infergate.engine.auth.keys import Key, KeyStore, hash_secret
+from infergate.engine.auth.limits import STORE_UNAVAILABLE, Decision
+from infergate.engine.auth.tenants import Auth
+from infergate.engine.config import ModelConfig, PrioritiesConfig
+from infergate.engine.executors.sim import SimExecutor
+from infergate.engine.http.request import Request
+from infergate.engine.scheduler.batcher import Batcher
 
 
 def key(name: str, **kw: object) -> Key:

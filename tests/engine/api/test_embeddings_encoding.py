@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.api.openai import embeddings_response
+from infergate.engine.api.openai import embeddings_response
 
 
 def _done(outputs: list[tuple[Any, int]]) -> Any:

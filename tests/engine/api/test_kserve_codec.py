@@ -9,8 +9,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.api.common import ApiError
-from engine.api.kserve_codec import JSON_CHUNK, decode_input, json_array
+from infergate.engine.api.common import ApiError
+from infergate.engine.api.kserve_codec import JSON_CHUNK, decode_input, json_array
 
 
 def test_json_tensor_decodes_to_the_declared_shape_and_dtype() -> None:

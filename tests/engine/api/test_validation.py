@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.api.common import (
+from infergate.engine.api.common import (
     MAX_INPUT_CHARS,
     MAX_INPUT_TOKENS,
     MAX_INPUTS,
@@ -22,11 +22,17 @@ from engine.api.common import (
     digits,
     priority_and_timeout,
 )
-from engine.api.kserve_codec import DTYPES, MAX_DIMS, decode_input, json_tensor, timeout_ms
-from engine.api.openai import parse_inputs
-from engine.config import LevelConfig, PrioritiesConfig
-from engine.http.request import Request
-from engine.scheduler.batcher import Batcher
+from infergate.engine.api.kserve_codec import (
+    DTYPES,
+    MAX_DIMS,
+    decode_input,
+    json_tensor,
+    timeout_ms,
+)
+from infergate.engine.api.openai import parse_inputs
+from infergate.engine.config import LevelConfig, PrioritiesConfig
+from infergate.engine.http.request import Request
+from infergate.engine.scheduler.batcher import Batcher
 
 _any = msgspec.json.Decoder()
 

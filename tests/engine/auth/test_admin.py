@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from engine.auth.admin import admin_planes, bearer_token, require_token
-from engine.http.request import Request
-from engine.http.response import Response
-from engine.http.router import Router
+from infergate.engine.auth.admin import admin_planes, bearer_token, require_token
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
 
 TOKEN = "t" * 20
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.auth.keys import (
+from infergate.engine.auth.keys import (
     SECRET_PREFIX,
     Key,
     KeysFileError,

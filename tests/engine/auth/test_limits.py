@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from engine.auth.keys import Key, hash_secret
-from engine.auth.limits import (
+from infergate.engine.auth.keys import Key, hash_secret
+from infergate.engine.auth.limits import (
     ALLOWED,
     CONCURRENCY,
     ITEMS,

@@ -19,8 +19,14 @@ import msgspec
 import pytest
 import redis
 
-from engine.auth.keys import Key, hash_secret
-from engine.auth.limits import ALLOWED, ITEMS, ITEMS_OVER_BURST, REQUESTS, STORE_UNAVAILABLE
+from infergate.engine.auth.keys import Key, hash_secret
+from infergate.engine.auth.limits import (
+    ALLOWED,
+    ITEMS,
+    ITEMS_OVER_BURST,
+    REQUESTS,
+    STORE_UNAVAILABLE,
+)
 from tests.support.wait import wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -30,7 +36,7 @@ pytestmark = pytest.mark.skipif(
     reason="redis-server not installed (apt-get install redis-server)",
 )
 
-from engine.auth.redis_limits import RedisLimiter  # noqa: E402  (needs redis-py)
+from infergate.engine.auth.redis_limits import RedisLimiter  # noqa: E402  (needs redis-py)
 
 T0 = 1_700_000_000.0
 

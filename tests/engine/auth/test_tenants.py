@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from engine.auth.keys import KeysFileError, add_key, remove_key
-from engine.auth.metrics import KeyCollector, KeyMetrics
-from engine.auth.tenants import Auth, AuthConfigError, check_store_url
-from engine.config import AuthConfig
+from infergate.engine.auth.keys import KeysFileError, add_key, remove_key
+from infergate.engine.auth.metrics import KeyCollector, KeyMetrics
+from infergate.engine.auth.tenants import Auth, AuthConfigError, check_store_url
+from infergate.engine.config import AuthConfig
 
 
 def test_no_keys_file_means_no_keys() -> None:

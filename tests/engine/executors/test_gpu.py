@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.executors.base import ExecutorError
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.onnx_tensor import OnnxTensorExecutor, warmup_items
-from engine.executors.tensorrt import TensorRTEmbeddingExecutor, probe_cuda_driver
-from engine.executors.tensorrt_tensor import (
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor, warmup_items
+from infergate.engine.executors.tensorrt import TensorRTEmbeddingExecutor, probe_cuda_driver
+from infergate.engine.executors.tensorrt_tensor import (
     DYNAMIC_DIM_MAX,
     DYNAMIC_DIM_OPT,
     TensorRTTensorExecutor,
     _profile,
 )
-from engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
+from infergate.engine.models.embeddings import resolve_model_file, resolve_tokenizer_file
 from tests.support import onnx_models
 from tests.support.onnx_models import write_model
 

@@ -13,9 +13,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine.executors.base import ExecutorError
-from engine.executors.onnx_tensor import OnnxTensorExecutor, warmup_items
-from engine.executors.spec import (
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor, warmup_items
+from infergate.engine.executors.spec import (
     Array,
     InputError,
     ModelSpec,

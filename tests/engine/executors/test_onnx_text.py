@@ -11,19 +11,19 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.config import ModelConfig
-from engine.executors.base import ExecutorError
-from engine.executors.onnx import OnnxEmbeddingExecutor
-from engine.executors.onnx_text import (
+from infergate.engine.config import ModelConfig
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.executors.onnx import OnnxEmbeddingExecutor
+from infergate.engine.executors.onnx_text import (
     PARAPHRASE_L3,
     OnnxTextExecutor,
     build_text_executor,
     distribution_file,
     text_settings,
 )
-from engine.models.embeddings import resolve_model_file
-from engine.models.repository import scan_folder
-from engine.models.text import (
+from infergate.engine.models.embeddings import resolve_model_file
+from infergate.engine.models.repository import scan_folder
+from infergate.engine.models.text import (
     Array,
     TextModelError,
     TextOverrides,

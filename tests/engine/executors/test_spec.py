@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.executors.onnx_tensor import OnnxTensorExecutor
-from engine.executors.spec import (
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor
+from infergate.engine.executors.spec import (
     BY_KSERVE,
     DATATYPES,
     ModelSpec,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from engine.config import ModelConfig
-from engine.executors.base import Executor, UpstreamCall
-from engine.executors.upstream.errors import UPSTREAM_TIMEOUT, UpstreamError, timeout
-from engine.executors.upstream.relay import CREDITS, End, Head, Relay, RelayClosed
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest
+from infergate.engine.config import ModelConfig
+from infergate.engine.executors.base import Executor, UpstreamCall
+from infergate.engine.executors.upstream.errors import UPSTREAM_TIMEOUT, UpstreamError, timeout
+from infergate.engine.executors.upstream.relay import CREDITS, End, Head, Relay, RelayClosed
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import InferRequest
 
 WAIT_S = 10.0
 

@@ -11,8 +11,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.executors.spec import SpecError
-from engine.executors.upstream.kserve import (
+from infergate.engine.executors.spec import SpecError
+from infergate.engine.executors.upstream.kserve import (
     _metadata,
     decode_answer,
     encode_request,

@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config import UpstreamConfig
-from engine.executors.base import ExecutorError
-from engine.executors.upstream.client import UpstreamReply
-from engine.executors.upstream.errors import UPSTREAM_UNAVAILABLE, UpstreamError
-from engine.executors.upstream.executor import check_upstream_url
-from engine.executors.upstream.openai import OpenAIEmbeddingsExecutor, apportion, decode_reply
-from engine.executors.upstream.replicas import ReplicaSet
+from infergate.engine.config import UpstreamConfig
+from infergate.engine.executors.base import ExecutorError
+from infergate.engine.executors.upstream.client import UpstreamReply
+from infergate.engine.executors.upstream.errors import UPSTREAM_UNAVAILABLE, UpstreamError
+from infergate.engine.executors.upstream.executor import check_upstream_url
+from infergate.engine.executors.upstream.openai import (
+    OpenAIEmbeddingsExecutor,
+    apportion,
+    decode_reply,
+)
+from infergate.engine.executors.upstream.replicas import ReplicaSet
 
 URLS = ["http://a:1", "http://b:2", "http://c:3"]
 

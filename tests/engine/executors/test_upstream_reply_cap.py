@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.executors.upstream.client import ReplyTooLarge, read_reply
+from infergate.engine.executors.upstream.client import ReplyTooLarge, read_reply
 
 BODY = b"x" * 1000
 

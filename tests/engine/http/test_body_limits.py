@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from engine.config import Limits
-from engine.http.protocol import CONTINUE
-from engine.http.request import Request
-from engine.http.response import Response, json_response
-from engine.http.router import Router
+from infergate.engine.config import Limits
+from infergate.engine.http.protocol import CONTINUE
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, json_response
+from infergate.engine.http.router import Router
 from tests.support.client import assert_json_error, build_request, chunked
 from tests.support.fake_transport import Connection
 

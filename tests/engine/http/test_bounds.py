@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from engine.config import Limits
-from engine.http import flow
-from engine.http.bounds import ProcessBounds, derived_max_connections
-from engine.http.request import Request
-from engine.http.response import Response
-from engine.http.router import Router
-from engine.logutil import RateLimitedLog
-from engine.stats import HttpCollector
+from infergate.engine.config import Limits
+from infergate.engine.http import flow
+from infergate.engine.http.bounds import ProcessBounds, derived_max_connections
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
+from infergate.engine.logutil import RateLimitedLog
+from infergate.engine.stats import HttpCollector
 from tests.support.client import assert_json_error, build_request, chunked, metric
 from tests.support.fake_transport import Connection
 

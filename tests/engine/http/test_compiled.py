@@ -8,11 +8,14 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-import engine.http
-import engine.http.protocol
+import infergate.engine.http
+import infergate.engine.http.protocol
 
-HERE = Path(engine.http.__file__).resolve().parent
-PROBE = "import engine.http as h, engine.http.protocol as p; print(h.COMPILED, p.__file__)"
+HERE = Path(infergate.engine.http.__file__).resolve().parent
+PROBE = (
+    "import infergate.engine.http as h, infergate.engine.http.protocol as p; "
+    "print(h.COMPILED, p.__file__)"
+)
 
 
 def _built() -> bool:
@@ -20,8 +23,8 @@ def _built() -> bool:
 
 
 def test_compiled_flag_matches_the_module_file() -> None:
-    compiled = engine.http.protocol.__file__.endswith(tuple(EXTENSION_SUFFIXES))
-    assert compiled == engine.http.COMPILED
+    compiled = infergate.engine.http.protocol.__file__.endswith(tuple(EXTENSION_SUFFIXES))
+    assert compiled == infergate.engine.http.COMPILED
     print(f"engine.http: {'compiled (mypyc)' if compiled else 'pure Python'}")  # shown with -s
     if os.environ.get("CI") and _built() and not os.environ.get("INFERGATE_PURE_PYTHON"):
         assert compiled  # CI builds it (make compile): a stale or broken build shows here
@@ -32,4 +35,5 @@ def test_pure_python_on_request() -> None:
     out = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["False", str(HERE / "protocol.py")]
+    assert out[0] == "False"
+    assert Path(out[1]).resolve() == HERE / "protocol.py"  # imported through infergate/engine

@@ -19,7 +19,7 @@ def import_graph() -> dict[str, set[str]]:
                 names = [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            deps |= {n.split(".")[2] for n in names if n.startswith("engine.http.")}
+            deps |= {n.split(".")[3] for n in names if n.startswith("infergate.engine.http.")}
         graph[path.stem] = deps
     return graph
 

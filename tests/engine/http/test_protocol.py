@@ -11,11 +11,11 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Limits
-from engine.http.protocol import CONTINUE
-from engine.http.request import Request
-from engine.http.response import Response
-from engine.http.router import Router
+from infergate.engine.config import Limits
+from infergate.engine.http.protocol import CONTINUE
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
 from tests.support.client import assert_json_error, build_request, chunked, parse_responses
 from tests.support.fake_transport import FIXED_DATE, Connection
 

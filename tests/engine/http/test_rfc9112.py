@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from engine.config import Limits
-from engine.http.protocol import CONTINUE
-from engine.http.request import Request
-from engine.http.response import Response, StreamResponse
-from engine.http.router import Router
+from infergate.engine.config import Limits
+from infergate.engine.http.protocol import CONTINUE
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, StreamResponse
+from infergate.engine.http.router import Router
 from tests.support.client import HttpResponse, assert_json_error, build_request, chunked
 from tests.support.fake_transport import FIXED_DATE, Connection
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.http.request import Request
-from engine.http.response import Response
-from engine.http.router import Handler, Router
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Handler, Router
 
 
 def handler(name: str) -> Handler:

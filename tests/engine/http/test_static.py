@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from engine.http.static import StaticError, content_type_for, parse_range, resolve_path
+from infergate.engine.http.static import StaticError, content_type_for, parse_range, resolve_path
 
 
 @pytest.fixture

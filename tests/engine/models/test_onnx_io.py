@@ -8,9 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine.executors.onnx_tensor import session_spec
-from engine.models.embeddings import resolve_model_file
-from engine.models.onnx_io import OnnxFormatError, read_onnx_io
+from infergate.engine.executors.onnx_tensor import session_spec
+from infergate.engine.models.embeddings import resolve_model_file
+from infergate.engine.models.onnx_io import OnnxFormatError, read_onnx_io
 from tests.support import onnx_models
 
 BUILDERS = {

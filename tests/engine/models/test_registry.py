@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.config import BatchingConfig, ModelConfig
-from engine.executors.onnx_tensor import OnnxTensorExecutor
-from engine.models.registry import build_executor, load_model, warmup_sizes
-from engine.scheduler.batcher import Batcher
+from infergate.engine.config import BatchingConfig, ModelConfig
+from infergate.engine.executors.onnx_tensor import OnnxTensorExecutor
+from infergate.engine.models.registry import build_executor, load_model, warmup_sizes
+from infergate.engine.scheduler.batcher import Batcher
 from tests.support import onnx_models
 from tests.support.onnx_models import write_model
 

@@ -11,20 +11,20 @@ from typing import Any
 
 import pytest
 
-from engine.config import BatchingConfig, ModelConfig
-from engine.control import Control, ControlError
-from engine.executors.base import Executor
-from engine.executors.sim import SimExecutor
-from engine.models.registry import (
+from infergate.engine.config import BatchingConfig, ModelConfig
+from infergate.engine.control import Control, ControlError
+from infergate.engine.executors.base import Executor
+from infergate.engine.executors.sim import SimExecutor
+from infergate.engine.models.registry import (
     READY,
     UNAVAILABLE,
     UNLOADED,
     ModelLoadError,
     ModelRegistry,
 )
-from engine.models.repository import scan_folder
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import MODEL_UNLOADED, InferRequest, Rejection
+from infergate.engine.models.repository import scan_folder
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import MODEL_UNLOADED, InferRequest, Rejection
 from tests.support.wait import wait_until
 
 TIMEOUT_S = 10

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnxruntime
 import pytest
 
-from engine.config import ModelConfig
-from engine.models.repository import (
+from infergate.engine.config import ModelConfig
+from infergate.engine.models.repository import (
     RepositoryError,
     check_repository,
     merge_models,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.models.text import (
+from infergate.engine.models.text import (
     Array,
     FolderFacts,
     TextEncoder,

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.config import Limits
-from engine.http.bounds import ProcessBounds
-from engine.http.request import Request
-from engine.http.response import Response, error_response
-from engine.http.router import Router
-from engine.net.reactor import MainReactor, SubReactor, open_listeners
+from infergate.engine.config import Limits
+from infergate.engine.http.bounds import ProcessBounds
+from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response, error_response
+from infergate.engine.http.router import Router
+from infergate.engine.net.reactor import MainReactor, SubReactor, open_listeners
 from tests.support.client import ConnectionClosedError, RawConnection, assert_json_error
 from tests.support.wait import wait_until
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Limits
-from engine.http.bounds import ProcessBounds
-from engine.http.response import Response
-from engine.http.router import Router
-from engine.net.reactor import SubReactor, open_listeners
-from engine.net.tls import WRITE_CHUNK, ServerTls, SplitWrites, TlsError, server_context
+from infergate.engine.config import Limits
+from infergate.engine.http.bounds import ProcessBounds
+from infergate.engine.http.response import Response
+from infergate.engine.http.router import Router
+from infergate.engine.net.reactor import SubReactor, open_listeners
+from infergate.engine.net.tls import WRITE_CHUNK, ServerTls, SplitWrites, TlsError, server_context
 from tests.support.certs import (
     Certs,
     TlsConnection,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
-from engine.executors.base import Executor
-from engine.executors.sim import SimExecutor, sim_vector
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.queues import InferRequest, Rejection
+from infergate.engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
+from infergate.engine.executors.base import Executor
+from infergate.engine.executors.sim import SimExecutor, sim_vector
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.queues import InferRequest, Rejection
 
 
 class Gate(Executor):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import LevelConfig, ModelConfig, PrioritiesConfig
-from engine.executors.sim import SimExecutor
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.policy import charge_levels, pick_level
-from engine.scheduler.queues import InferRequest, PriorityQueues, Rejection
+from infergate.engine.config import LevelConfig, ModelConfig, PrioritiesConfig
+from infergate.engine.executors.sim import SimExecutor
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.policy import charge_levels, pick_level
+from infergate.engine.scheduler.queues import InferRequest, PriorityQueues, Rejection
 
 
 def req(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import BatchingConfig
-from engine.scheduler.policy import decide
+from infergate.engine.config import BatchingConfig
+from infergate.engine.scheduler.policy import decide
 
 
 def cfg(policy: str, **kw: object) -> BatchingConfig:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from engine.config import LevelConfig, PrioritiesConfig
-from engine.scheduler.queues import InferRequest, PriorityQueues, Rejection
+from infergate.engine.config import LevelConfig, PrioritiesConfig
+from infergate.engine.scheduler.queues import InferRequest, PriorityQueues, Rejection
 
 
 def req(n: int = 1, level: int = 1, key: str = "k", timeout_s: float | None = None) -> InferRequest:

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
-from engine.executors.base import Executor
-from engine.scheduler.batcher import Batcher
-from engine.scheduler.policy import SIMILAR, Candidate, plan_token_batch
-from engine.scheduler.queues import InferRequest, PriorityQueues
+from infergate.engine.config import BatchingConfig, LevelConfig, ModelConfig, PrioritiesConfig
+from infergate.engine.executors.base import Executor
+from infergate.engine.scheduler.batcher import Batcher
+from infergate.engine.scheduler.policy import SIMILAR, Candidate, plan_token_batch
+from infergate.engine.scheduler.queues import InferRequest, PriorityQueues
 
 
 def cands(*lengths: Sequence[int], level: int = 1) -> list[Candidate]:
