@@ -201,13 +201,13 @@ def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None =
             return api_error_response(e)
         labels = executor.labels
         data = []
-        for i, (scores, _) in enumerate(done.outputs):
+        for i, (scores, *_) in enumerate(done.outputs):
             ranked = sorted(range(len(scores)), key=lambda j: -scores[j])[:top_k]
             data.append({
                 "index": i,
                 "labels": [{"label": labels[j], "score": float(scores[j])} for j in ranked],
             })  # fmt: skip
-        tokens = sum(n for _, n in done.outputs)
+        tokens = sum(o[1] for o in done.outputs)
         out = {
             "object": "list",
             "data": data,

@@ -10,7 +10,8 @@ Per item outputs:
 
 - ``embeddings``: ``(vector float32[dim], token count)``, as ``/v1/embeddings`` expects;
 - ``rerank``: ``(score float, token count)`` for one (query, document) pair;
-- ``classify``: ``(scores float32[labels], token count)``.
+- ``classify``: ``(scores float32[labels], token count, logits float32[labels])`` (KServe
+  returns both).
 
 Input buffers are allocated once per slot and grown when a larger batch arrives; each call uses
 a contiguous ``(rows, length)`` view at their start, so ONNX Runtime gets them without a copy.
@@ -230,7 +231,7 @@ class OnnxTextExecutor(Executor):
             return [(float(scores[i, 0]), counts[i]) for i in range(n)]
         if len(self.labels) != scores.shape[1]:
             self.labels = tuple(f"LABEL_{i}" for i in range(scores.shape[1]))
-        return [(scores[i], counts[i]) for i in range(n)]
+        return [(scores[i], counts[i], logits[i]) for i in range(n)]
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -145,8 +145,9 @@ def test_classify_scores_equal_the_reference(tmp_path: Path, multi_label: bool) 
     assert ex.labels == tuple(labels)
     logits, _ = reference(folder / "model.onnx", TEXTS)
     want = sigmoid(logits) if multi_label else softmax(logits)
-    for i, (scores, _) in enumerate(ex.run(list(TEXTS), 0)):
+    for i, (scores, _, raw) in enumerate(ex.run(list(TEXTS), 0)):
         np.testing.assert_allclose(scores, want[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(raw, logits[i], rtol=1e-5, atol=1e-6)
     assert ex.describe()["labels"] == labels
 
 
