@@ -10,8 +10,7 @@ too.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable
 
 from infergate.engine.http.request import Request
 from infergate.engine.http.response import AnyResponse, error_response
@@ -50,22 +49,6 @@ def require_token(handler: Handler, token: str) -> Handler:
     return guarded
 
 
-class GuardedRoutes(Router):
-    """A Router front that wraps every handler added through it, then adds it to ``target``.
-
-    Lets route modules (``add_admin_routes``) register on a guarded plane without knowing
-    about tokens.
-    """
-
-    def __init__(self, target: Router, guard: Callable[[Handler], Handler]) -> None:
-        super().__init__()
-        self._target = target
-        self._guard = guard
-
-    def add(self, methods: Iterable[str], path: str, handler: Handler, **options: Any) -> None:
-        self._target.add(methods, path, self._guard(handler), **options)
-
-
 def hide_admin_routes(router: Router) -> None:
     """Answer every method under ``/admin/`` and ``/v2/repository/`` with 404 on a public
     router, so the static files' catch-all ``/`` route does not turn them into 405s that
@@ -90,9 +73,9 @@ def admin_planes(
     hides ``/admin/`` and ``/v2/repository/`` otherwise."""
     planes: list[Router] = []
     if admin is not None:
-        planes.append(GuardedRoutes(admin, lambda h: require_token(h, token)) if token else admin)
+        planes.append(admin.guarded(lambda h: require_token(h, token)) if token else admin)
     if on_public:
-        planes.append(GuardedRoutes(public, lambda h: require_token(h, token)))
+        planes.append(public.guarded(lambda h: require_token(h, token)))
     else:
         hide_admin_routes(public)
     return planes

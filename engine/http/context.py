@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -58,6 +59,11 @@ class HttpContext:
         self.all_closed: asyncio.Event | None = None
         """Set by the drain: connections set it when the last one closes."""
         self.shutting_down = False
+        self.wrap_transport: Callable[[asyncio.BaseTransport], asyncio.BaseTransport] | None = None
+        """Applied to each connection's transport at ``connection_made`` (TLS:
+        ``engine.net.tls.SplitWrites``, set by the reactor). A hook, not a protocol subclass:
+        ``HttpProtocol`` may be compiled by mypyc, whose classes interpreted code cannot
+        subclass (instances of such a subclass fail to be created)."""
         # Limits in the units the hot path compares with (seconds, bytes), read per request.
         self.header_timeout_s = limits.header_timeout_ms / 1000
         self.idle_timeout_s = limits.idle_timeout_ms / 1000

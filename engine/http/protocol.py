@@ -80,8 +80,10 @@ class HttpProtocol(RequestIntake, asyncio.Protocol):
     # ---- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
         ctx = self.ctx
+        if ctx.wrap_transport is not None:
+            transport = ctx.wrap_transport(transport)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
         if not ctx.bounds.open_connection():
             self._refuse()
             return

@@ -72,6 +72,20 @@ class Router:
     def __init__(self) -> None:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[Route] = []
+        self._guard: Callable[[Handler], Handler] | None = None
+
+    def guarded(self, guard: Callable[[Handler], Handler]) -> Router:
+        """A view of this router that routes ``guard(handler)`` wherever ``add`` is given
+        ``handler``: its routes are this router's (one table). Lets route modules register on a
+        guarded plane (``engine.auth.admin``) without knowing about tokens. A view, not a
+        subclass: this module may be compiled by mypyc, whose classes interpreted code cannot
+        subclass."""
+        view = Router()
+        view._exact = self._exact
+        view._prefixes = self._prefixes
+        inner = self._guard
+        view._guard = guard if inner is None else (lambda h: inner(guard(h)))
+        return view
 
     def add(
         self,
@@ -94,6 +108,8 @@ class Router:
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
         methods = tuple(methods)
+        if self._guard is not None:
+            handler = self._guard(handler)
         limit = None
         if max_body is not None:
             if max_body < 0:

@@ -33,7 +33,7 @@ from infergate.engine.http.bounds import ProcessBounds
 from infergate.engine.http.protocol import HttpContext, HttpProtocol
 from infergate.engine.http.router import Router
 from infergate.engine.logutil import RateLimitedLog
-from infergate.engine.net.tls import TLS_SHUTDOWN_S, TlsHttpProtocol
+from infergate.engine.net.tls import TLS_SHUTDOWN_S, SplitWrites
 from infergate.engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.net")
@@ -84,8 +84,8 @@ class SubReactor:
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tls: dict[str, Any] = {}
-        self._protocol = HttpProtocol if tls is None else TlsHttpProtocol
         if tls is not None:
+            self.ctx.wrap_transport = SplitWrites
             self._tls = {
                 "ssl": tls,
                 "ssl_handshake_timeout": limits.header_timeout_ms / 1000,
@@ -112,7 +112,7 @@ class SubReactor:
         self.loop.call_later(self._tick_s, self._tick)
 
     def _factory(self) -> HttpProtocol:
-        return self._protocol(self.ctx)
+        return HttpProtocol(self.ctx)
 
     # ---- entry points from other threads ---------------------------------------------------
 

@@ -24,8 +24,6 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from infergate.engine.http.protocol import HttpProtocol
-
 log = logging.getLogger("infergate.tls")
 
 TLS_SHUTDOWN_S = 3.0
@@ -186,6 +184,7 @@ class SplitWrites(asyncio.Transport):
     ``max_unsent_bytes`` never saw it (checked with uvloop 0.23). In pieces, once the TCP
     transport passes its own high-water mark (64 KiB) the rest waits encrypted in the SSL
     layer, where it is counted. Every other method is the SSL transport's own (bound once).
+    The reactor installs it as ``HttpContext.wrap_transport``.
     """
 
     __slots__ = (
@@ -216,12 +215,3 @@ class SplitWrites(asyncio.Transport):
         view = memoryview(bytes(data) if isinstance(data, bytearray) else data)
         for i in range(0, len(view), WRITE_CHUNK):
             write(view[i : i + WRITE_CHUNK])
-
-
-class TlsHttpProtocol(HttpProtocol):
-    """``HttpProtocol`` on a TLS connection (``connection_made`` after the handshake)."""
-
-    __slots__ = ()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(SplitWrites(transport))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -37,3 +38,46 @@ def test_pure_python_on_request() -> None:
     ).stdout.split()
     assert out[0] == "False"
     assert Path(out[1]).resolve() == HERE / "protocol.py"  # imported through infergate/engine
+
+
+def _http_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """Names bound to ``engine.http`` classes-or-functions, and to its modules, in a module."""
+    names: set[str] = set()
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("infergate.engine.http."):
+                names.update(a.asname or a.name for a in node.names)
+            elif node.module == "infergate.engine.http":
+                modules.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("infergate.engine.http.") and a.asname:
+                    modules.add(a.asname)
+    return names, modules
+
+
+def test_no_interpreted_class_subclasses_a_compiled_one() -> None:
+    """Compiled by mypyc, engine.http's classes cannot be subclassed by interpreted code: such
+    a subclass is defined without error but creating an instance raises "interpreted classes
+    cannot inherit from compiled" (a TLS protocol subclass made every handshake time out, a
+    Router subclass broke ``admin_on_public``). Use hooks and views instead."""
+    root = HERE.parent.parent
+    found = []
+    for folder in ("app", "engine", "tui", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            if path.parent == HERE:
+                continue  # the compiled modules themselves
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            names, modules = _http_names(tree)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                for base in node.bases:
+                    if (isinstance(base, ast.Name) and base.id in names) or (
+                        isinstance(base, ast.Attribute)
+                        and isinstance(base.value, ast.Name)
+                        and base.value.id in modules
+                    ):
+                        found.append(f"{path.relative_to(root)}: {node.name}({ast.unparse(base)})")
+    assert found == []

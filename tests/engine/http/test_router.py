@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from infergate.engine.http.request import Request
@@ -143,3 +145,28 @@ def test_routes_without_a_body_limit_have_none() -> None:
 def test_negative_body_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_body"):
         Router().add(["POST"], "/a", handler("a"), max_body=-1)
+
+
+def test_a_guarded_view_routes_wrapped_handlers_into_the_same_table() -> None:
+    """``guarded`` (the admin plane's token check) wraps each handler added through the view;
+    the routes, limits and duplicates are the one table's."""
+    base = Router()
+    base.add(["GET"], "/open", handler("open"))
+
+    def wrap(tag: str) -> Callable[[Handler], Handler]:
+        return lambda h: handler(f"{tag}({h.__name__})")
+
+    view = base.guarded(wrap("g"))
+    view.add(["POST"], "/admin/", handler("admin"), prefix=True, max_body=5)
+    view.guarded(wrap("outer")).add(["GET"], "/both", handler("h"))
+
+    assert name_of(base, "POST", "/admin/x") == "g(admin)"
+    assert name_of(view, "POST", "/admin/x") == "g(admin)"
+    assert name_of(base, "GET", "/both") == "g(outer(h))"  # the inner guard applies last
+    assert name_of(view, "GET", "/open") == "open"  # added before: not wrapped
+    _h, route = base.resolve("POST", "/admin/x")
+    assert route is not None
+    assert route.body_limits is not None
+    assert route.body_limits["POST"].max_bytes == 5
+    with pytest.raises(ValueError, match="already routed"):
+        base.add(["POST"], "/admin/", handler("again"), prefix=True)
