@@ -1,7 +1,8 @@
 """The model repository: one folder per model, as Triton lays it out.
 
-``<repository>/<name>/model.onnx`` (or ``model.plan``, a prebuilt TensorRT engine) and an optional
-``<name>/model.toml`` holding the keys of a ``[[models]]`` entry; the name is the folder's. Keys
+``<repository>/<name>/model.onnx`` (or ``onnx/model.onnx``, the sentence-transformers export
+layout; or ``model.plan``, a prebuilt TensorRT engine) and an optional ``<name>/model.toml``
+holding the keys of a ``[[models]]`` entry; the name is the folder's. Keys
 the file leaves out are read from the model itself: task ``tensor``, executor ``onnxruntime``
 (``tensorrt`` for a lone ``model.plan``), batching ``adaptive`` when dimension 0 of every input
 and output is dynamic, else ``off`` with one item per call. Paths in ``model.toml`` are relative
@@ -26,9 +27,12 @@ import msgspec
 from infergate.engine.config import ModelConfig
 from infergate.engine.executors.spec import batch_dynamic
 from infergate.engine.models.onnx_io import OnnxFormatError, read_onnx_io
+from infergate.engine.models.text import find_model_file
 
 MODEL_TOML = "model.toml"
 ONNX_FILE = "model.onnx"
+ONNX_SUBFOLDER_FILE = "onnx/model.onnx"
+"""Where a sentence-transformers export keeps its graph; used when there is no ``model.onnx``."""
 PLAN_FILE = "model.plan"
 TOKENIZER_FILE = "tokenizer.json"
 BUILTIN_PREFIX = "builtin:"
@@ -74,29 +78,41 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 def _resolve(folder: str, value: str, key: str, source: str) -> str:
-    """``value`` (relative to the model folder, or ``builtin:...``) as an existing file."""
+    """``value`` (relative to the model folder, or ``builtin:...``) as an existing file. A
+    ``model_file`` may name a folder, as for text models (``engine.models.text``): its
+    ``model.onnx``, else its ``onnx/model.onnx``."""
     if value.startswith(BUILTIN_PREFIX):
         return value
     path = os.path.normpath(os.path.join(folder, value))
+    if key == "model_file" and os.path.isdir(path):
+        found = find_model_file(path)
+        if found is None:
+            raise RepositoryError(
+                f"{source}: model_file {value!r} is a folder without {ONNX_FILE} or "
+                f"{ONNX_SUBFOLDER_FILE} ({path})"
+            )
+        return found
     if not os.path.isfile(path):
         raise RepositoryError(f"{source}: {key} {value!r} does not exist ({path})")
     return path
 
 
 def _default_model_file(folder: str, executor: str | None) -> tuple[str, str]:
-    """(model file, executor) when ``model.toml`` names no model file: ``model.onnx`` for
-    ONNX Runtime, ``model.plan`` (else ``model.onnx``, to build an engine from) for
-    TensorRT, and a lone ``model.plan`` implies TensorRT."""
-    onnx_path = os.path.join(folder, ONNX_FILE)
+    """(model file, executor) when ``model.toml`` names no model file: ``model.onnx`` (else
+    ``onnx/model.onnx``, as ``engine.models.text.find_model_file`` looks) for ONNX Runtime,
+    ``model.plan`` (else the ONNX file, to build an engine from) for TensorRT, and a lone
+    ``model.plan`` implies TensorRT."""
+    onnx_path = find_model_file(folder)
     plan_path = os.path.join(folder, PLAN_FILE)
-    has_onnx, has_plan = os.path.isfile(onnx_path), os.path.isfile(plan_path)
+    has_plan = os.path.isfile(plan_path)
     if executor == "tensorrt" and has_plan:
         return plan_path, executor
-    if has_onnx:
+    if onnx_path is not None:
         return onnx_path, executor or "onnxruntime"
     if has_plan and executor is None:
         return plan_path, "tensorrt"
-    want = ONNX_FILE if executor != "tensorrt" else f"{PLAN_FILE} or {ONNX_FILE}"
+    want = f"{ONNX_FILE} or {ONNX_SUBFOLDER_FILE}"
+    want = want if executor != "tensorrt" else f"{PLAN_FILE}, {want}"
     raise RepositoryError(f"{folder}: no {want} (and model.toml names no model_file)")
 
 

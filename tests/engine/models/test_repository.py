@@ -9,6 +9,7 @@ import onnxruntime
 import pytest
 
 from infergate.engine.config import ModelConfig
+from infergate.engine.executors.onnx_text import text_settings
 from infergate.engine.models.repository import (
     RepositoryError,
     check_repository,
@@ -17,6 +18,7 @@ from infergate.engine.models.repository import (
     scan_repository,
 )
 from tests.support import onnx_models
+from tests.support.text_models import write_text_folder
 
 
 @pytest.fixture
@@ -186,3 +188,40 @@ def test_check_repository_validates_without_loading_models(
     assert "broken" in problems[0]
     assert "not a readable ONNX model" in problems[1]
     assert str(repo / "seq" / "model.onnx") in problems[1]
+
+
+def test_a_text_export_with_its_graph_only_in_onnx_subfolder(tmp_path: Path) -> None:
+    """sentence-transformers' export layout: the scan finds onnx/model.onnx as the text
+    model's own loader does for a folder, and both resolve to the same settings."""
+    folder = write_text_folder(tmp_path / "models" / "st", "embedder", onnx_subfolder=True)
+    graph = str(folder / "onnx" / "model.onnx")
+    assert scan_folder(str(folder)).config.model_file == graph  # no model.toml: a tensor model
+    _toml(folder, 'task = "embeddings"\n')
+    entry = scan_folder(str(folder))
+    assert (entry.config.task, entry.config.model_file) == ("embeddings", graph)
+    assert "model_file" in entry.derived
+    by_folder = ModelConfig(
+        name="st", task="embeddings", executor="onnxruntime", model_file=str(folder)
+    )
+    assert text_settings(entry.config, str(tmp_path)) == text_settings(by_folder, ".")
+
+
+@pytest.mark.parametrize("value", ["onnx", "."])
+def test_model_file_may_name_a_folder(tmp_path: Path, value: str) -> None:
+    folder = write_text_folder(tmp_path / "rr", "cross_encoder", pooling=None, onnx_subfolder=True)
+    _toml(folder, f'task = "rerank"\nmodel_file = "{value}"\n')
+    entry = scan_folder(str(folder))
+    assert entry.config.model_file == str(folder / "onnx" / "model.onnx")
+    assert text_settings(entry.config, str(tmp_path)).tokenizer_file == str(
+        folder / "tokenizer.json"
+    )
+
+
+def test_a_model_file_folder_without_a_graph_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    (folder / "weights").mkdir(parents=True)
+    toml = _toml(folder, 'model_file = "weights"\n')
+    with pytest.raises(RepositoryError, match=r"model_file 'weights' is a folder without") as e:
+        scan_folder(str(folder))
+    assert str(toml) in str(e.value)
+    assert "onnx/model.onnx" in str(e.value)
