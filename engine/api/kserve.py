@@ -11,9 +11,12 @@ order by the Batcher; one item holding whole tensors for an unbatched model. The
 selection (names validated before queuing, ``binary_data`` per output) picks and orders the
 answer's tensors.
 
-Embeddings models take ``TEXT`` (BYTES, ``[batch]`` or ``[batch, 1]``) and return
-``EMBEDDING`` (FP32 ``[batch, dim]``); their items are the texts. Bodies and tensors are decoded
-and encoded by ``engine.api.kserve_codec``, which holds the limits.
+Text models (embeddings, rerank, classify) take and return the tensors of
+``engine.api.kserve_text``: ``TEXT`` → ``EMBEDDING``, ``QUERY`` + ``DOCUMENT`` → ``SCORE``,
+``TEXT`` → ``LOGITS`` (+ ``PROBABILITIES``); their items are texts or (query, document) pairs,
+sharing batches with ``/v1/embeddings``, ``/v1/rerank`` and ``/v1/classify`` ones.
+Bodies and tensors are decoded and encoded by ``engine.api.kserve_codec``, which holds the
+limits.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import asyncio
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from infergate.engine.api.common import (
     BODY_TOO_LARGE,
     HTTP_ERRORS,
@@ -31,7 +32,6 @@ from infergate.engine.api.common import (
     ApiError,
     admit,
     authenticate,
-    check_texts,
     drop_headers,
     http_error,
     infer,
@@ -45,7 +45,6 @@ from infergate.engine.api.kserve_codec import (
     OFFLOAD_BYTES,
     OutputTensor,
     OutputWanted,
-    Tensors,
     codec_thread,
     decode_inputs,
     encode_outputs,
@@ -53,6 +52,8 @@ from infergate.engine.api.kserve_codec import (
     split_body,
     timeout_ms,
 )
+from infergate.engine.api.kserve_text import TEXT_TASKS, text_answer, text_items, text_spec
+from infergate.engine.api.text import text_headers
 from infergate.engine.auth.keys import Key
 from infergate.engine.auth.tenants import Auth
 from infergate.engine.executors.spec import (
@@ -91,7 +92,8 @@ def kserve_error_response(e: Rejection | InputError) -> Response:
 def model_spec(b: Batcher) -> ModelSpec:
     """What model ``b`` takes over KServe: its executor's spec; an embeddings model whose
     executor publishes none (a gateway model) takes TEXT and returns EMBEDDING of the
-    configured ``dim``.
+    configured ``dim``; a rerank or classify model with a tokenizer, the contract of
+    ``engine.api.kserve_text``.
 
     Raises:
         ApiError: 400, the model has no tensor interface (a text task without a spec).
@@ -101,6 +103,9 @@ def model_spec(b: Batcher) -> ModelSpec:
         return spec
     if b.config.task == "embeddings":
         return embedding_spec(b.config.dim, b.batching.max_batch_size)
+    spec = text_spec(b)
+    if spec is not None:
+        return spec
     raise invalid(f"model {b.name} (task {b.config.task}) is not served over KServe v2")
 
 
@@ -155,27 +160,11 @@ class Parsed(NamedTuple):
     timeout_ms: float | None
     req_id: str | None
     outputs: list[OutputWanted]
-    texts: bool
-    """An embeddings request: items are texts, outputs ``(vector, tokens)`` per item."""
-
-
-def _texts(tensors: Tensors) -> list[str]:
-    """The texts of an embeddings request (input TEXT, BYTES ``[n]`` or ``[n, 1]``)."""
-    if set(tensors) != {"TEXT"}:
-        names = ", ".join(sorted(tensors))
-        raise InputError("TEXT", f"embeddings models take one input TEXT (got {names})")
-    datatype, value = tensors["TEXT"]
-    if datatype != "BYTES":
-        raise InputError("TEXT", f"input TEXT: expected BYTES, got {datatype}")
-    if value.ndim > 2 or (value.ndim == 2 and value.shape[1] != 1):
-        raise InputError(
-            "TEXT", f"input TEXT: expected shape [-1] or [-1, 1], got {list(value.shape)}"
-        )
-    texts: list[str] = value.reshape(-1).tolist()
-    if not texts or not all(texts):
-        raise invalid("TEXT must hold non-empty strings")
-    check_texts(texts, "TEXT")
-    return texts
+    task: str
+    """``tensor``, or the text task whose items these are (``engine.api.kserve_text``)."""
+    lengths: list[int] | None = None
+    """Token counts of items tokenised while parsing (rerank, classify)."""
+    tokenize_s: float | None = None
 
 
 def parse_request(req: Request, b: Batcher) -> Parsed:
@@ -203,11 +192,13 @@ def parse_request(req: Request, b: Batcher) -> Parsed:
     prio = params.get("priority")
     prio = None if type(prio) is int and prio == 0 else prio  # Triton: 0 = model default
     timeout = timeout_ms(params.get("timeout"))
-    if b.config.task == "embeddings":
-        texts = _texts(tensors)
-        return Parsed(texts, ("kserve-text",), prio, timeout, req_id, wanted, True)
+    if b.config.task in TEXT_TASKS:
+        t = text_items(b, tensors)
+        return Parsed(
+            t.items, t.key, prio, timeout, req_id, wanted, b.config.task, t.lengths, t.tokenize_s
+        )
     arrays, key = b.executor.accept(tensors)
-    return Parsed(to_items(spec, arrays), key, prio, timeout, req_id, wanted, False)
+    return Parsed(to_items(spec, arrays), key, prio, timeout, req_id, wanted, "tensor")
 
 
 def answer_tensors(b: Batcher, p: Parsed, done: InferRequest) -> list[OutputTensor]:
@@ -218,9 +209,8 @@ def answer_tensors(b: Batcher, p: Parsed, done: InferRequest) -> list[OutputTens
         ApiError: 500 when the executor's outputs do not match the spec (never a misaligned
             reply).
     """
-    if p.texts:
-        arr = np.stack([vec for vec, _ in done.outputs]).astype(np.float32)
-        return [OutputTensor(w.name, "FP32", arr, w.binary) for w in p.outputs]
+    if p.task != "tensor":
+        return text_answer(p.task, done.outputs, p.outputs)
     spec = model_spec(b)
     try:
         arrays = from_items(spec, done.outputs)
@@ -286,10 +276,12 @@ def add_kserve_routes(router: Router, registry: ModelRegistry, auth: Auth | None
         else:  # see OFFLOAD_BYTES
             p = await loop.run_in_executor(codec_thread, parse_request, req, b)
         level, timeout = priority_and_timeout(req, b, p.priority, p.timeout_ms)
-        level, adm = await admit(req, guard, api_key, b, level, len(p.items))
-        done = await infer(req, b, p.items, p.key, level, timeout, adm)
+        cost = sum(p.lengths) if p.lengths is not None else len(p.items)  # tokens: text models
+        level, adm = await admit(req, guard, api_key, b, level, cost)
+        done = await infer(req, b, p.items, p.key, level, timeout, adm, p.lengths)
         tensors = answer_tensors(b, p, done)
-        args = (b.name, tensors, telemetry(done), p.req_id)
+        extra = telemetry(done) if p.tokenize_s is None else text_headers(done, p.tokenize_s)
+        args = (b.name, tensors, extra, p.req_id)
         if sum(t.array.size for t in tensors if not t.binary) <= JSON_CHUNK:
             return encode_outputs(*args)
         return await loop.run_in_executor(codec_thread, encode_outputs, *args)

@@ -1,4 +1,8 @@
-"""OpenAI-compatible ``POST /v1/embeddings`` and ``GET /v1/models``."""
+"""OpenAI-compatible ``POST /v1/embeddings`` and ``GET /v1/models``.
+
+``prompt_name`` (TEI's and sentence-transformers' name) picks one of a text model's named
+prompts for the request's texts; without it the model's default prompt applies.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from infergate.engine.http.request import Request
 from infergate.engine.http.response import CONTENT_TYPE_JSON, Response, json_response, numpy_json
 from infergate.engine.http.router import Router
 from infergate.engine.models.registry import ModelRegistry
+from infergate.engine.models.text import TextPreparer, settings_of
+from infergate.engine.scheduler.batcher import Batcher
 from infergate.engine.scheduler.queues import InferRequest
 
 MAX_TOKEN_ID = 2**31 - 1
@@ -36,7 +42,8 @@ MAX_BODY_BYTES = 1024 * 1024
 """A request body; beyond it, 413 before decoding. Any request within the text budget fits:
 MAX_REQUEST_CHARS characters take at most 12 bytes each in JSON (an escaped surrogate pair)."""
 
-_EMBED_KEY = ("embeddings",)
+EMBED_KEY = ("embeddings",)
+"""The batch key of embeddings texts, from this API and KServe's alike."""
 
 
 class EmbeddingsBody(msgspec.Struct, kw_only=True):
@@ -47,9 +54,32 @@ class EmbeddingsBody(msgspec.Struct, kw_only=True):
     user: str | None = None
     priority: Any = None
     timeout: Any = None
+    prompt_name: Any = None
 
 
 _body = msgspec.json.Decoder(EmbeddingsBody)
+
+
+def prompt_of(batcher: Batcher, name: Any) -> str | None:
+    """The validated ``prompt_name`` of a request (None: the model's default prompt).
+
+    Raises:
+        ApiError: 400 when it is not a string, or not one of the model's prompts (listed).
+    """
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise invalid("prompt_name must be a string")
+    settings = settings_of(batcher.executor)
+    prompts = sorted(settings.prompts) if settings is not None else []
+    if not prompts:
+        raise invalid(f"model {batcher.name} has no prompts, so prompt_name cannot be used")
+    if name not in prompts:
+        raise invalid(
+            f"prompt_name {name!r} is not one of model {batcher.name}'s prompts: "
+            f"{', '.join(prompts)}"
+        )
+    return name
 
 
 def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
@@ -78,6 +108,22 @@ def parse_inputs(value: Any, vocab_size: int | None) -> list[str | list[int]]:
         if isinstance(x, list) and not all(type(t) is int and 0 <= t < limit for t in x):
             raise invalid(f"input[{i}] must hold token ids in 0..{limit - 1} (integers)")
     return items
+
+
+def prompted(batcher: Batcher, items: list[Any], prompt: str) -> tuple[list[Any], list[int]]:
+    """Text ``items`` tokenised after the prompt ``prompt`` (the model has it: ``prompt_of``),
+    and their token counts.
+
+    Raises:
+        ApiError: 400 for token arrays (a prompt applies to texts).
+    """
+    if not all(isinstance(x, str) for x in items):
+        raise invalid("prompt_name applies to text inputs, not to token arrays")
+    executor = batcher.executor
+    if not isinstance(executor, TextPreparer):  # prompt_of found prompts: a text executor
+        raise invalid(f"model {batcher.name} has no tokenizer")
+    tokens = executor.prepare(items, prompt)
+    return list(tokens), [len(t) for t in tokens]
 
 
 def embeddings_response(done: InferRequest, model: str, as_b64: bool) -> Response:
@@ -134,13 +180,17 @@ def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None
             dim = batcher.executor.embedding_dim() or cfg.dim
             if body.dimensions is not None and body.dimensions != dim:
                 raise invalid(f"model {body.model} only supports dimensions={dim}")
+            prompt = prompt_of(batcher, body.prompt_name)
             items = parse_inputs(body.input, batcher.executor.vocab_size)
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             lengths, cost = None, len(items)
-            if api_key is not None:  # the key's item bucket counts tokens for text models
+            if prompt is not None:  # tokenised here, after the prompt
+                items, lengths = prompted(batcher, items, prompt)
+                cost = sum(lengths) if api_key is not None else cost
+            elif api_key is not None:  # the key's item bucket counts tokens for text models
                 items, lengths, cost = measured(batcher, items)
             level, adm = await admit(req, guard, api_key, batcher, level, cost)
-            done = await infer(req, batcher, items, _EMBED_KEY, level, timeout, adm, lengths)
+            done = await infer(req, batcher, items, EMBED_KEY, level, timeout, adm, lengths)
         except HTTP_ERRORS as e:
             return api_error_response(e)
         return embeddings_response(done, body.model, body.encoding_format == "base64")

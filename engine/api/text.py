@@ -45,8 +45,9 @@ from infergate.engine.scheduler.queues import InferRequest, Rejection
 MAX_RERANK_DOCUMENTS = 1000
 """Documents per rerank request (Cohere's recommended maximum); each is one batch item."""
 
-_RERANK_KEY = ("rerank",)
-_CLASSIFY_KEY = ("classify",)
+RERANK_KEY = ("rerank",)
+CLASSIFY_KEY = ("classify",)
+"""Batch keys: /v1/rerank and KServe pairs share batches, as /v1/classify and KServe texts do."""
 
 
 class RerankBody(msgspec.Struct, kw_only=True):
@@ -132,13 +133,13 @@ def parse_classify(body: ClassifyBody) -> list[str]:
     return texts
 
 
-def _nothing(tokens: list[Tokens], what: str) -> None:
+def check_tokens(tokens: list[Tokens], what: str) -> None:
     for i, t in enumerate(tokens):
         if t.content == 0:
             raise invalid(f"{what}[{i}] tokenises to nothing (no token besides special ones)")
 
 
-def _headers(done: InferRequest, tokenize_s: float) -> Headers:
+def text_headers(done: InferRequest, tokenize_s: float) -> Headers:
     """The batching telemetry plus the time spent tokenising on the reactor (TEI's
     ``x-tokenization-time``)."""
     return [*telemetry(done), (b"X-Infergate-Tokenize-Us", b"%d" % round(tokenize_s * 1e6))]
@@ -160,11 +161,11 @@ def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None =
                 raise invalid("query tokenises to nothing (no token besides special ones)")
             items = executor.prepare([(query, d) for d in docs])
             tokenize_s = time.perf_counter() - t0
-            _nothing(items, "documents")
+            check_tokens(items, "documents")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             cost = sum(len(t) for t in items)  # tokens, what the key's item bucket counts
             level, adm = await admit(req, guard, api_key, batcher, level, cost)
-            done = await infer(req, batcher, list(items), _RERANK_KEY, level, timeout, adm)
+            done = await infer(req, batcher, list(items), RERANK_KEY, level, timeout, adm)
         except (ApiError, Rejection) as e:
             return api_error_response(e)
         order = sorted(range(len(docs)), key=lambda i: -done.outputs[i][0])[:top_n]
@@ -180,7 +181,7 @@ def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None =
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return json_response(out, headers=_headers(done, tokenize_s))
+        return json_response(out, headers=text_headers(done, tokenize_s))
 
     async def classify(req: Request) -> Response:
         try:
@@ -192,11 +193,11 @@ def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None =
             t0 = time.perf_counter()
             items = executor.prepare(texts)
             tokenize_s = time.perf_counter() - t0
-            _nothing(items, "input")
+            check_tokens(items, "input")
             level, timeout = priority_and_timeout(req, batcher, body.priority, body.timeout)
             cost = sum(len(t) for t in items)
             level, adm = await admit(req, guard, api_key, batcher, level, cost)
-            done = await infer(req, batcher, list(items), _CLASSIFY_KEY, level, timeout, adm)
+            done = await infer(req, batcher, list(items), CLASSIFY_KEY, level, timeout, adm)
         except (ApiError, Rejection) as e:
             return api_error_response(e)
         labels = executor.labels
@@ -214,7 +215,7 @@ def add_text_routes(router: Router, registry: ModelRegistry, auth: Auth | None =
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return json_response(out, headers=_headers(done, tokenize_s))
+        return json_response(out, headers=text_headers(done, tokenize_s))
 
     router.add(["POST"], "/v1/rerank", rerank)
     router.add(["POST"], "/v1/classify", classify)

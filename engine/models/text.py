@@ -346,6 +346,13 @@ class TextPreparer(Protocol):
         ...
 
 
+def settings_of(executor: object) -> TextSettings | None:
+    """The ``TextSettings`` an executor serves (its prompts, activation), or None for one that
+    is not a text executor (a gateway or simulated model)."""
+    settings = getattr(executor, "settings", None)
+    return settings if isinstance(settings, TextSettings) else None
+
+
 class TextEncoder:
     """A ``tokenizers`` tokenizer with the model's truncation and prompts. Thread-safe."""
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import openai
 import pytest
 
 from infergate.engine.api.text import MAX_RERANK_DOCUMENTS
-from infergate.engine.config import ModelConfig, ServerConfig
+from infergate.engine.config import ModelConfig
 from infergate.engine.executors.onnx_text import (
     PARAPHRASE_L3,
     distribution_file,
@@ -30,9 +28,9 @@ from infergate.engine.executors.onnx_text import (
 from infergate.engine.models.text import Array, l2_normalize, pool, sigmoid, softmax
 from infergate.engine.server import Server
 from tests.support.client import HttpResponse, RawConnection
-from tests.support.text_models import minilm_tokenizer, reference, write_text_folder
+from tests.support.text_models import minilm_tokenizer, reference
+from tests.support.text_server import LABELS, serving, text_folders, text_model
 
-LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["a cat", "The quick brown fox jumps over the lazy dog.", "hello there", "rerank me"]
 QUERY = "what is a cat"
 DOCS = [
@@ -54,46 +52,21 @@ def _l3_installed() -> bool:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "emb-cls": write_text_folder(
-            root / "emb-cls", "embedder", pooling="cls", normalize=True,
-            prompts={"query": "query: ", "passage": "passage: "}, default_prompt="query",
-        ),
-        "emb-max": write_text_folder(root / "emb-max", "embedder", pooling="max"),
-        "emb-last": write_text_folder(root / "emb-last", "embedder", pooling="last_token"),
-        "emb-short": write_text_folder(root / "emb-short", "embedder", max_seq_length=8),
-        "rerank": write_text_folder(root / "rerank", "cross_encoder", pooling=None),
-        "classify": write_text_folder(root / "classify", "classifier", labels=LABELS),
-        "multi": write_text_folder(
-            root / "multi", "classifier", labels=LABELS, multi_label=True, seed=3
-        ),
-    }  # fmt: skip
+    return text_folders(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
 def server(folders: dict[str, Path]) -> Iterator[Server]:
-    tasks = {"rerank": "rerank", "classify": "classify", "multi": "classify"}
+    # token-budget batching on the reranker
     models = [
-        msgspec.convert({
-            "name": name, "task": tasks.get(name, "embeddings"), "executor": "onnxruntime",
-            "model_file": str(path), "batching": {"max_batch_size": 16},
-            # token-budget batching on the reranker
-            "max_batch_tokens": 256 if name == "rerank" else 0,
-        }, ModelConfig)
+        text_model(name, path, max_batch_tokens=256 if name == "rerank" else 0)
         for name, path in folders.items()
-    ]  # fmt: skip
+    ]
     if _l3_installed():
         models.append(ModelConfig(name="l3", task="embeddings", executor="onnxruntime",
                                   model_file=PARAPHRASE_L3))  # fmt: skip
-    cfg = ServerConfig(listen="127.0.0.1:0", sub_reactors=2, admin_listen="", models=models)
-    s = Server(cfg)
-    s.start()
-    t = threading.Thread(target=s.run, kwargs={"install_signals": False})
-    t.start()
-    yield s
-    s.stop()
-    t.join(20)
+    with serving(models) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
