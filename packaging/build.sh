@@ -25,6 +25,6 @@ MODE=${MODE:---onedir}
     --add-data "$PWD/engine/models/data:infergate/engine/models/data" \
     --add-data "$PWD/tui/dashboard.tcss:infergate/tui" \
     --add-data "$PWD/app/default.toml:infergate/app" \
-    --add-data "$PWD/public:public" \
+    --add-data "$PWD/public:infergate/public" \
     packaging/entry.py
 echo "built: ${DIST:-dist}/infergate"
