@@ -39,7 +39,7 @@ from infergate.engine.api.text import (
     RERANK_KEY,
 )
 from infergate.engine.executors.spec import InputError, ModelSpec, TensorSpec
-from infergate.engine.models.text import TextPreparer, Tokens, settings_of
+from infergate.engine.models.text import TextPreparer, Tokens
 from infergate.engine.scheduler.batcher import Batcher
 
 TEXT_TASKS = ("embeddings", "rerank", "classify")
@@ -60,14 +60,15 @@ def text_spec(b: Batcher) -> ModelSpec | None:
     """The KServe contract of a rerank or classify model with a tokenizer (None otherwise).
     A classifier's label count is its executor's (``-1`` before it is known)."""
     task = b.config.task
-    settings = settings_of(b.executor)
-    if task not in ("rerank", "classify") or settings is None:
+    executor = b.executor
+    if task not in ("rerank", "classify") or not isinstance(executor, TextPreparer):
         return None
+    settings = executor.settings
     rows = max(1, b.batching.max_batch_size)
     if task == "rerank":
         inputs = (TensorSpec("QUERY", "BYTES", (-1,)), TensorSpec("DOCUMENT", "BYTES", (-1,)))
         return ModelSpec(inputs, (TensorSpec("SCORE", "FP32", (-1,)),), rows, True)
-    labels = len(getattr(b.executor, "labels", ())) or -1
+    labels = len(executor.labels) or -1
     outputs = [TensorSpec("LOGITS", "FP32", (-1, labels))]
     if settings.activation != "none":
         outputs.append(TensorSpec("PROBABILITIES", "FP32", (-1, labels)))

@@ -338,6 +338,7 @@ class Tokens:
 class TextPreparer(Protocol):
     """An executor that tokenises its items before they are queued (``OnnxTextExecutor``)."""
 
+    settings: TextSettings
     labels: tuple[str, ...]
     vocab_size: int | None
 
@@ -349,8 +350,7 @@ class TextPreparer(Protocol):
 def settings_of(executor: object) -> TextSettings | None:
     """The ``TextSettings`` an executor serves (its prompts, activation), or None for one that
     is not a text executor (a gateway or simulated model)."""
-    settings = getattr(executor, "settings", None)
-    return settings if isinstance(settings, TextSettings) else None
+    return executor.settings if isinstance(executor, TextPreparer) else None
 
 
 class TextEncoder:
