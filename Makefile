@@ -9,20 +9,20 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	INFERGATE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) compile
 	$(BIN)/infergate --config configs/default.toml
 
-package: $(STAMP)
+package: $(STAMP) compile
 	bash packaging/build.sh
 
 test-package: package
 	$(BIN)/python packaging/smoke_test.py dist/infergate/infergate
 
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) lint typecheck compile unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,10 +31,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Opt-in: engine/http compiled in place with mypyc (setup.py); rebuilt when a source changes.
-# Not part of `make test` or `make package`: compiled, TLS handshakes time out and interpreted
-# subclasses of the compiled Router fail (docs/benchmarks.md, "Compiled protocol (mypyc)").
-# `make clean` removes the build; without a compiler the pure-Python modules stay in use.
+# engine/http compiled in place with mypyc (setup.py), before `make run`, `make test` and `make
+# package`; rebuilt when a source changes (about a minute: docs/benchmarks.md, "Compiled
+# protocol"). The venv's editable install above skips it so that it is built once, here.
+# Without a compiler, or with INFERGATE_PURE_PYTHON=1, the pure-Python modules stay in use;
+# `make clean` removes the build.
 HTTP_SRC := $(wildcard engine/http/*.py)
 engine/http/.compiled: $(STAMP) $(HTTP_SRC) setup.py
 	$(BIN)/python setup.py -q build_ext --inplace

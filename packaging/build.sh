@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install -q "pyinstaller>=6.10,<7"
-# engine/http compiled by mypyc (make compile): its shared runtime module sits at the top level
-# and is imported from C, where PyInstaller's analysis cannot see it
+# engine/http compiled by mypyc (make package runs make compile first): its shared runtime
+# module is imported from C, where PyInstaller's analysis cannot see it
 MYPYC=()
-for lib in *__mypyc.*.so; do
-    [ -e "$lib" ] && MYPYC+=(--hidden-import "${lib%%.*}")
+for lib in engine/http/_native__mypyc.*.so; do
+    [ -e "$lib" ] && MYPYC+=(--hidden-import infergate.engine.http._native__mypyc)
 done
 MODE=${MODE:---onedir}
 "$PY" -m PyInstaller --noconfirm --clean "$MODE" --name infergate \

@@ -27,6 +27,10 @@ def test_compiled_flag_matches_the_module_file() -> None:
     compiled = infergate.engine.http.protocol.__file__.endswith(tuple(EXTENSION_SUFFIXES))
     assert compiled == infergate.engine.http.COMPILED
     print(f"engine.http: {'compiled (mypyc)' if compiled else 'pure Python'}")  # shown with -s
+    # mypyc's shared runtime module lives in the package (setup.py's group_name), so the wheel
+    # keeps its one top-level name
+    assert ("infergate.engine.http._native__mypyc" in sys.modules) == compiled
+    assert [m for m in sys.modules if m.endswith("__mypyc") and "." not in m] == []
     if os.environ.get("CI") and _built() and not os.environ.get("INFERGATE_PURE_PYTHON"):
         assert compiled  # CI builds it (make compile): a stale or broken build shows here
 
