@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -112,6 +113,21 @@ class Executor(abc.ABC):
         """``describe`` plus what only the admin plane may show (a gateway model's replica
         URLs and states)."""
         return self.describe()
+
+
+@runtime_checkable
+class RunsAsync(Protocol):
+    """An executor whose batches run on an event loop of its own (gateway executors): the
+    Batcher starts a batch from whichever thread finds work and a free slot, and finishes it
+    in the future's callback, with no slot thread blocked in between."""
+
+    instances: int
+
+    def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
+        """Start ``run(items, slot)``; the future's callbacks run on the executor's loop
+        thread. Thread-safe; never blocks. Slot ``slot`` is this batch's until the future
+        is done (``last_call(slot)`` is read in its callback)."""
+        ...
 
 
 def batch_ceiling(configured: int, executor: Executor) -> int:

@@ -9,23 +9,31 @@ flight, p50 over the bare executor call).
 
 The deadline thread sleeps on its own Condition until the earliest deadline or a change, so a
 queued request expires on time even while every executor slot is busy.
+
+Executors that run batches on an event loop of their own (``RunsAsync``: gateway models) get
+no slot threads: whichever thread finds work and a free slot (a submitting reactor, the
+executor's loop finishing a batch, the deadline thread at a window's end) takes the batch under
+the lock and starts it, and the executor's loop finishes it in the future's callback. A request
+then crosses two threads (reactor -> executor loop -> reactor) instead of four.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from infergate.engine.config import BatchingConfig, ModelConfig
-from infergate.engine.executors.base import Executor, batch_ceiling
+from infergate.engine.executors.base import Executor, Outputs, RunsAsync, batch_ceiling
 from infergate.engine.scheduler.policy import decide
 from infergate.engine.scheduler.queues import (
     CANCELLED,
@@ -83,11 +91,18 @@ class Batcher:
         """Slot threads wait here for work (submit, a freed slot, a config change)."""
         self._timer = threading.Condition(lock)
         """The deadline thread waits here."""
+        self._async = isinstance(executor, RunsAsync)
+        """Batches start from any thread and finish in the executor's loop (no slot threads)."""
+        self._free = list(range(executor.instances - 1, -1, -1))
+        """Async executors: the slots with no batch running (under the lock)."""
+        self._wake_at: float | None = None
+        """Async executors: when a waiting batch (a window) is due; the deadline thread
+        wakes then to start it (under the lock)."""
         self._threads = [
             threading.Thread(
                 target=self._slot_loop, args=(i,), name=f"exec-{cfg.name}-{i}", daemon=True
             )
-            for i in range(executor.instances)
+            for i in range(0 if self._async else executor.instances)
         ]
         self._threads.append(
             threading.Thread(target=self._deadline_loop, name=f"deadlines-{cfg.name}", daemon=True)
@@ -119,10 +134,14 @@ class Batcher:
         """
         if req.lengths is None and self._measures:
             self._measure(req)
+        starts: list[tuple[list[Part], int]] = []
         with self._cond:
             successor = self._successor
             if successor is None:
                 self._push(req)
+                if self._async:
+                    starts = self._pump()
+        self._start(starts)
         if successor is not None:
             # looked up just before a reload swapped the model: the new instance serves it
             successor.submit(req)
@@ -252,6 +271,8 @@ class Batcher:
             self.batching = cfg
             self.stats.config_changes += 1
             self._cond.notify()
+            starts = self._pump() if self._async else []
+        self._start(starts)
         log.info("model %s: batching %s -> %s", self.name, _fmt(old), _fmt(cfg))
         return old
 
@@ -298,9 +319,10 @@ class Batcher:
         q = self.queues
         while True:
             try:
+                starts: list[tuple[list[Part], int]] = []
                 with self._cond:
                     while True:
-                        if self._closed and not len(q):
+                        if self._closed and not len(q) and self._idle():
                             return
                         now = self.clock()
                         demotions = q.demotions
@@ -313,13 +335,17 @@ class Batcher:
                                 req.error = _deadline_error(req)
                                 req.finished = True
                             self._cond.notify_all()  # a demotion or expiry changes decisions
+                        if self._async:
+                            starts = self._pump()  # a window's end, a demotion or an expiry
+                        if expired or starts:
                             break
-                        wake = q.next_deadline()
+                        wake = _earliest(q.next_deadline(), self._wake_at)
                         # bounded: Condition.wait overflows beyond threading.TIMEOUT_MAX
                         self._timer.wait(
                             MAX_WAIT_S if wake is None else min(MAX_WAIT_S, max(0.0, wake - now))
                         )
                 _deliver(expired)
+                self._start(starts)
             except Exception:
                 log.exception("model %s: deadline thread error (continuing)", self.name)
 
@@ -334,49 +360,123 @@ class Batcher:
             try:
                 self._run_batch(parts, slot)
             except Exception:
-                # A bug outside the executor must not cost the slot or strand the requests.
-                log.exception("model %s: batch bookkeeping failed", self.name)
-                error = Rejection(500, EXECUTOR_ERROR, "internal error in a batch")
-                with self._cond:
-                    stranded = [req for req, _, _ in parts if not req.finished]
-                    for req in stranded:
-                        self.queues.remove_rest(req)
-                        req.error = error
-                        req.finished = True
-                _deliver(stranded)
+                self._strand(parts)
+
+    def _strand(self, parts: list[Part]) -> None:
+        """A bug outside the executor must not cost the slot or strand the requests: answer
+        500 whatever of ``parts`` is unfinished."""
+        log.exception("model %s: batch bookkeeping failed", self.name)
+        error = Rejection(500, EXECUTOR_ERROR, "internal error in a batch")
+        with self._cond:
+            stranded = [req for req, _, _ in parts if not req.finished]
+            for req in stranded:
+                self.queues.remove_rest(req)
+                req.error = error
+                req.finished = True
+        _deliver(stranded)
 
     def _next_batch(self) -> list[Part] | None:
         """Wait (under the lock) for this slot's next batch; None means stop."""
         q = self.queues
         while True:
-            head = q.head()
-            if head is None and self._closed:
+            if q.head() is None and self._closed:
                 self._timer.notify()  # the queue drained: let the deadline thread finish too
                 return None
-            wake = None
-            if head is not None:
-                now = self.clock()
-                cfg = self.batching
-                ready, oldest = q.ready(head.key, cfg.max_batch_size)
-                d = decide(cfg, ready, head.n - head.taken, oldest, now)
-                if d.take:
-                    single = cfg.policy == "off"
-                    budget = self.max_batch_tokens
-                    parts = (
-                        q.take_tokens(head.key, d.take, budget, single)
-                        if budget
-                        else q.take(head.key, d.take, single=single)
-                    )
-                    if q.head() is not None:
-                        self._cond.notify()  # more work: wake another free slot
-                    return parts
-                if d.wake_at is not None:
-                    wake = d.wake_at - now
+            parts, wake_at = self._take()
+            if parts is not None:
+                if q.head() is not None:
+                    self._cond.notify()  # more work: wake another free slot
+                return parts
+            wake = None if wake_at is None else wake_at - self.clock()
             self._cond.wait(MAX_WAIT_S if wake is None else min(MAX_WAIT_S, max(0.0, wake)))
+
+    def _take(self) -> tuple[list[Part] | None, float | None]:
+        """Under the lock: the batch due now, or None and when to decide again (None: when
+        the queue changes)."""
+        q = self.queues
+        head = q.head()
+        if head is None:
+            return None, None
+        now = self.clock()
+        cfg = self.batching
+        ready, oldest = q.ready(head.key, cfg.max_batch_size)
+        d = decide(cfg, ready, head.n - head.taken, oldest, now)
+        if not d.take:
+            return None, d.wake_at
+        single = cfg.policy == "off"
+        budget = self.max_batch_tokens
+        if budget:
+            return q.take_tokens(head.key, d.take, budget, single), None
+        return q.take(head.key, d.take, single=single), None
+
+    # ---- async executors (no slot threads) ---------------------------------------------------
+
+    def _idle(self) -> bool:
+        """Under the lock: no batch of an async executor is running."""
+        return not self._async or len(self._free) == self.executor.instances
+
+    def _pump(self) -> list[tuple[list[Part], int]]:
+        """Under the lock (async executors): take every batch due now onto a free slot; the
+        caller starts them (``_start``) after releasing the lock."""
+        starts: list[tuple[list[Part], int]] = []
+        wake_at = None  # none while every slot is busy: a finishing batch pumps again
+        while self._free:
+            parts, wake_at = self._take()
+            if parts is None:
+                break
+            starts.append((parts, self._free.pop()))
+        if wake_at is not None and (self._wake_at is None or wake_at < self._wake_at):
+            self._timer.notify()  # a window is open: the deadline thread ends it
+        self._wake_at = wake_at
+        return starts
+
+    def _start(self, starts: list[tuple[list[Part], int]]) -> None:
+        """Start batches taken by ``_pump`` (outside the lock); each finishes in its future's
+        callback on the executor's loop."""
+        for parts, slot in starts:
+            items, t0 = self._begin(parts)
+            try:
+                assert isinstance(self.executor, RunsAsync)
+                fut = self.executor.run_async(items, slot)
+            except Exception as e:
+                fut = Future()
+                fut.set_exception(e)
+            fut.add_done_callback(functools.partial(self._finish, parts, slot, len(items), t0))
+
+    def _finish(
+        self, parts: list[Part], slot: int, n: int, t0: float, fut: Future[Outputs]
+    ) -> None:
+        """``_start``'s callback: record the batch, deliver it, free the slot, start more."""
+        try:
+            try:
+                outputs, error = fut.result(), None
+            except (Exception, CancelledError) as e:
+                outputs, error = None, e
+            self._complete(parts, slot, n, t0, outputs, error)
+        except Exception:
+            self._strand(parts)
+        finally:
+            with self._cond:
+                self._free.append(slot)
+                starts = self._pump()
+                if self._closed and self._idle():
+                    self._timer.notify()  # the last batch of a closing model is over
+            self._start(starts)
 
     # ---- executor slot threads ---------------------------------------------------------------
 
     def _run_batch(self, parts: list[Part], slot: int) -> None:
+        items, t0 = self._begin(parts)
+        outputs: Outputs | None = None
+        exc: BaseException | None = None
+        try:
+            outputs = self.executor.run(items, slot)
+        except Exception as e:
+            exc = e
+        self._complete(parts, slot, len(items), t0, outputs, exc)
+
+    def _begin(self, parts: list[Part]) -> tuple[list[Any], float]:
+        """A batch's items and start time; its requests are stamped as dispatched."""
         items = [item for req, start, end in parts for item in req.items[start:end]]
         t0 = self.clock()
         for req, start, _ in parts:
@@ -384,25 +484,37 @@ class Batcher:
                 req.dispatched_at = t0
                 req.batch_items = len(items)
                 req.batch_requests = len(parts)
+        return items, t0
+
+    def _complete(
+        self,
+        parts: list[Part],
+        slot: int,
+        n: int,
+        t0: float,
+        outputs: Outputs | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Record a batch of ``n`` items that ran from ``t0`` (its outputs, or why it failed)
+        and deliver the requests it finished."""
+        if exc is None and (outputs is None or len(outputs) != n):
+            exc = RuntimeError(f"{0 if outputs is None else len(outputs)} outputs for {n} inputs")
         error: Rejection | None = None
-        outputs = None
-        try:
-            outputs = self.executor.run(items, slot)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"{len(outputs)} outputs for {len(items)} inputs")
-        except Exception as e:
-            log.warning("model %s: batch of %d items failed: %s", self.name, len(items), e)
+        if exc is not None:
+            log.warning("model %s: batch of %d items failed: %s", self.name, n, exc)
             error = (  # an executor's own answer (an UpstreamError's 502/504) is kept
-                e
-                if isinstance(e, Rejection)
-                else Rejection(500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {e}")
+                exc
+                if isinstance(exc, Rejection)
+                else Rejection(
+                    500, EXECUTOR_ERROR, f"model {self.name} failed on this batch: {exc}"
+                )
             )
         t1 = self.clock()
         call = self.executor.last_call(slot) if error is None else None
         finished: list[InferRequest] = []
         with self._cond:
-            self.stats.observe_batch(len(items), len(parts), t1 - t0, error is not None)
-            self._update_rate(len(items), t1)
+            self.stats.observe_batch(n, len(parts), t1 - t0, error is not None)
+            self._update_rate(n, t1)
             self.queues.charge(_used_per_level(parts, len(self.queues.levels), t1 - t0))
             offset = 0
             for req, start, end in parts:
@@ -486,6 +598,10 @@ def _deliver(reqs: list[InferRequest]) -> None:
 def _deliver_all(reqs: list[InferRequest]) -> None:
     for req in reqs:
         req.deliver(req)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _deadline_error(req: InferRequest) -> Rejection:

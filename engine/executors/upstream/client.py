@@ -1,18 +1,18 @@
-"""The HTTP side of gateway mode: one event loop thread and one aiohttp session per model.
+"""The HTTP side of gateway mode: one event loop thread per model, owning every upstream socket.
 
-Why a thread of its own: the Batcher calls ``Executor.run`` from its slot threads, which block
-until the batch is done. aiohttp's client wants one ``ClientSession`` (one connector, one
-keep-alive pool) per event loop, never shared across loops. So each upstream model runs one
-uvloop loop in a dedicated thread that owns the session, the pool and the health checks; a slot
-thread hands it a call with ``asyncio.run_coroutine_threadsafe`` and only blocks on the
-concurrent future. One pool per model means keep-alive connections are reused by every slot,
-and the pool's ``limit_per_host`` (``max_inflight`` + 1 for the health check) bounds the
-connections to each replica. The sub-reactors' loops never touch upstream sockets.
+Embeddings and tensor calls (``apost``) run on the lean keep-alive client of ``lean.py``:
+the Batcher starts them on this loop (``submit``) and they finish in their future's callback,
+with no thread blocked in between; ``post`` is the same call for a thread that may block
+(start-up, probes). Generate calls (``stream``) and the health checks use one aiohttp
+``ClientSession`` per model (``iter_any()`` relays a streamed body as it arrives); the pool's
+``limit_per_host`` (``max_inflight`` + 1 for the health check) bounds its connections to
+each replica. The sub-reactors' loops never touch upstream sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -33,6 +33,7 @@ from infergate.engine.executors.upstream.errors import (
     unavailable,
     upstream_error,
 )
+from infergate.engine.executors.upstream.lean import ConnectFailed, LeanPool, TooLarge
 from infergate.engine.executors.upstream.relay import Head, Relay, RelayClosed
 from infergate.engine.executors.upstream.replicas import Replica, ReplicaSet
 
@@ -99,6 +100,7 @@ class UpstreamClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._lean: LeanPool | None = None
         self._health_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle (the loading thread) ------------------------------------------------------
@@ -111,15 +113,15 @@ class UpstreamClient:
             target=loop.run_forever, name=f"upstream-{self.model}", daemon=True
         )
         self._thread.start()
-        self._submit(self._open()).result(START_TIMEOUT_S)
+        self.submit(self._open()).result(START_TIMEOUT_S)
 
     def check_now(self) -> None:
         """Run one round of health checks and wait for it (bounded by the check timeout)."""
-        self._submit(self._check_all()).result(self._health_s + START_TIMEOUT_S)
+        self.submit(self._check_all()).result(self._health_s + START_TIMEOUT_S)
 
     def start_health_checks(self) -> None:
         """Check every replica each ``health_interval_ms`` until ``close``."""
-        self._submit(self._start_health_loop()).result(START_TIMEOUT_S)
+        self.submit(self._start_health_loop()).result(START_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop the health checks, close the session and the pool, stop the loop thread."""
@@ -127,7 +129,7 @@ class UpstreamClient:
         if loop is None or thread is None:
             return
         try:
-            self._submit(self._close()).result(START_TIMEOUT_S)
+            self.submit(self._close()).result(START_TIMEOUT_S)
         except Exception:
             log.exception("model %s: closing the upstream session failed", self.model)
         loop.call_soon_threadsafe(loop.stop)
@@ -145,9 +147,27 @@ class UpstreamClient:
         headers: Mapping[str, str] = JSON_HEADERS,
         method: str = "POST",
     ) -> UpstreamReply:
+        """``apost`` from another thread: blocks the calling thread until the reply or a
+        failure. Thread-safe (not from the loop thread itself)."""
+        fut = self.submit(self.apost(path, body, headers, method))
+        bound = (self._request_s + CALL_MARGIN_S) * 2 * len(self.replicas.replicas)
+        try:
+            result: UpstreamReply = fut.result(bound)
+        except TimeoutError:
+            fut.cancel()  # aiohttp's own timeout should have fired long before: a backstop
+            raise timeout(f"no replica answered within {bound:g} s", None) from None
+        return result
+
+    async def apost(
+        self,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str] = JSON_HEADERS,
+        method: str = "POST",
+    ) -> UpstreamReply:
         """POST ``body`` (JSON unless ``headers`` say otherwise; ``method`` GET with no body
-        reads a document) to ``path`` on the least loaded healthy replica. Thread-safe;
-        blocks the calling thread until the reply or a failure.
+        reads a document) to ``path`` on the least loaded healthy replica. The loop thread
+        only (``submit`` it from elsewhere).
 
         A replica that cannot be connected to (nothing was sent) is counted as failed and the
         call is retried on another one; every other failure is final.
@@ -158,15 +178,27 @@ class UpstreamClient:
         """
         tried: list[Replica] = []
         while True:
-            replica = self.replicas.acquire(tried, wait_s=self._request_s)
+            replica = await self._acquire(tried)
             try:
-                return self._attempt(replica, path, body, headers, method)
+                return await self._attempt(replica, path, body, headers, method)
             except _NotSent as e:
                 log.warning("model %s: %s unreachable, retrying elsewhere: %s", self.model,
                             replica.url, e)  # fmt: skip
                 tried.append(replica)  # acquire raises once every replica has been tried
 
-    def _attempt(
+    async def _acquire(self, tried: list[Replica]) -> Replica:
+        """A replica with room, without blocking the loop: at once in the usual case (the
+        Batcher never starts more calls than replicas x ``max_inflight``); while some
+        replicas are ejected and the others full, the blocking wait runs on a worker thread."""
+        replica = self.replicas.try_acquire(tried)
+        if replica is not None:
+            return replica
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(self.replicas.acquire, tried, self._request_s)
+        )
+
+    async def _attempt(
         self,
         replica: Replica,
         path: str,
@@ -177,9 +209,8 @@ class UpstreamClient:
         """One call to ``replica``; always releases it, with the outcome."""
         url = replica.url
         t0 = time.monotonic()
-        fut = self._submit(self._send(method, url + path, body, headers))
         try:
-            status, payload, hlen = fut.result(self._request_s + CALL_MARGIN_S)
+            status, payload, hlen = await self._send(method, url, path, body, headers)
         except _NotSent as e:
             self.replicas.release(replica, failure=f"connect: {e}")
             raise
@@ -187,7 +218,6 @@ class UpstreamClient:
             self.replicas.release(replica, failure=str(e))
             raise UpstreamError(502, UPSTREAM_ERROR, f"replica {url}: {e}", replica=url) from None
         except TimeoutError:
-            fut.cancel()
             self.replicas.release(replica, failure="timed out")
             raise timeout(
                 f"replica {url} did not answer within {self._request_s:g} s", url
@@ -240,7 +270,7 @@ class UpstreamClient:
         """One relayed call to ``replica``; always releases it, with the outcome."""
         url = replica.url
         t0 = time.monotonic()
-        fut = self._submit(self._relay(url, path, body, relay))
+        fut = self.submit(self._relay(url, path, body, relay))
         if not relay.attach(fut):
             fut.cancel()
         try:
@@ -268,7 +298,8 @@ class UpstreamClient:
         self.replicas.release(replica, latency_s=seconds)
         return UpstreamReply(url, 200, b"", seconds)
 
-    def _submit(self, coro: Any) -> Future[Any]:
+    def submit(self, coro: Any) -> Future[Any]:
+        """Run ``coro`` on the loop thread. Thread-safe."""
         loop = self._loop
         if loop is None:
             coro.close()
@@ -278,6 +309,7 @@ class UpstreamClient:
     # ---- coroutines (the loop thread) --------------------------------------------------------
 
     async def _open(self) -> None:
+        self._lean = LeanPool(self.cfg.connect_timeout_ms / 1000, MAX_REPLY_BYTES)
         connector = aiohttp.TCPConnector(
             limit=0,  # bounded per replica instead
             limit_per_host=self.cfg.max_inflight + 1,  # + 1: a health check never queues
@@ -300,19 +332,20 @@ class UpstreamClient:
                 pass
         if self._session is not None:
             await self._session.close()
+        if self._lean is not None:
+            self._lean.close()
 
     async def _send(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+        self, method: str, base: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> tuple[int, bytes, int | None]:
-        assert self._session is not None
+        """One call on the lean pool (``lean.py``), its errors as the aiohttp path's."""
+        assert self._lean is not None
         try:
-            async with self._session.request(method, url, data=body, headers=headers) as resp:
-                payload = await read_reply(resp, MAX_REPLY_BYTES)
-                raw = resp.headers.get("Inference-Header-Content-Length")
-                return resp.status, payload, int(raw) if raw and raw.isdigit() else None
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-            # raised while opening a new connection: no byte of the request was written
-            raise _NotSent(str(e) or type(e).__name__) from e
+            return await self._lean.request(base, method, path, body, headers, self._request_s)
+        except ConnectFailed as e:
+            raise _NotSent(str(e)) from e
+        except TooLarge as e:
+            raise ReplyTooLarge(str(e)) from None
 
     async def _relay(self, replica: str, path: str, body: bytes, relay: Relay) -> None:
         """Send one generate call and hand its answer to ``relay`` as it arrives.
@@ -392,22 +425,6 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(parts)[:cap]
-
-
-async def read_reply(resp: aiohttp.ClientResponse, cap: int) -> bytes:
-    """``resp``'s whole body, refused past ``cap`` bytes (by its Content-Length before any read,
-    or as soon as the bytes received pass it).
-
-    Raises:
-        ReplyTooLarge: the body is larger than ``cap``.
-    """
-    declared = resp.content_length
-    if declared is not None and declared > cap:
-        raise ReplyTooLarge(f"answer of {declared} bytes is larger than {cap}")
-    body = await _read_capped(resp, cap + 1)
-    if len(body) > cap:
-        raise ReplyTooLarge(f"answer larger than {cap} bytes")
-    return body
 
 
 def _error_text(payload: bytes) -> str:

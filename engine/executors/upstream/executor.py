@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit
 
 from infergate.engine.config import UpstreamConfig
-from infergate.engine.executors.base import Executor, ExecutorError, UpstreamCall
+from infergate.engine.executors.base import Executor, ExecutorError, Outputs, UpstreamCall
 from infergate.engine.executors.upstream.client import UpstreamClient, UpstreamReply
 from infergate.engine.executors.upstream.replicas import Clock, ReplicaSet, ReplicaStats
 
@@ -139,3 +141,21 @@ class UpstreamExecutor(Executor):
         d = self.describe()
         d["replicas"] = [s.as_dict() for s in self.replicas.stats()]
         return d
+
+
+class BatchUpstreamExecutor(UpstreamExecutor):
+    """An upstream executor whose batch is one coroutine (``arun``) on the client loop:
+    ``run_async`` lets the Batcher start it from the submitting thread and finish it in the
+    loop's callback (two thread hand-offs per request: reactor -> client loop -> reactor);
+    ``run`` blocks a thread on it (probes, tests)."""
+
+    @abc.abstractmethod
+    async def arun(self, items: list[Any], slot: int) -> Outputs:
+        """Outputs for ``items`` (the client loop thread)."""
+
+    def run(self, items: list[Any], slot: int) -> Outputs:
+        result: Outputs = self.client.submit(self.arun(items, slot)).result()
+        return result
+
+    def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
+        return self.client.submit(self.arun(items, slot))

@@ -30,7 +30,7 @@ from infergate.engine.executors.spec import (
     numpy_dtype,
 )
 from infergate.engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
-from infergate.engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.executor import BatchUpstreamExecutor
 
 log = logging.getLogger("infergate.upstream")
 
@@ -59,9 +59,9 @@ _metadata = msgspec.json.Decoder(_Metadata)
 _encoder = msgspec.json.Encoder()
 
 
-class KServeTensorExecutor(UpstreamExecutor):
-    """A tensor model on KServe v2 replicas. ``run`` is called from the Batcher's slot
-    threads; ``spec`` is set by ``load`` and read-only afterwards."""
+class KServeTensorExecutor(BatchUpstreamExecutor):
+    """A tensor model on KServe v2 replicas. ``arun`` runs on the client loop (the Batcher
+    starts it with ``run_async``); ``spec`` is set by ``load`` and read-only afterwards."""
 
     kind = "kserve"
     default_health_path = "/v2/health/ready"
@@ -97,24 +97,24 @@ class KServeTensorExecutor(UpstreamExecutor):
         log.info("model %s: upstream %s takes %s", self.name, self.upstream_model,
                  [t.metadata() for t in self.spec.inputs])  # fmt: skip
 
-    def run(self, items: list[Any], slot: int) -> Outputs:
+    async def arun(self, items: list[Any], slot: int) -> Outputs:
         spec = self.spec
         assert spec is not None, "load() first"
         if not spec.batched:
-            return [self._call(spec, item, None, slot) for item in items]
+            return [await self._call(spec, item, None, slot) for item in items]
         n = len(items)
         stacked = [np.stack([item[k] for item in items]) for k in range(len(spec.inputs))]
-        outs = self._call(spec, stacked, n, slot)
+        outs = await self._call(spec, stacked, n, slot)
         return [tuple(o[i] for o in outs) for i in range(n)]
 
-    def _call(
+    async def _call(
         self, spec: ModelSpec, arrays: Sequence[Array], rows: int | None, slot: int
     ) -> tuple[Array, ...]:
         """One upstream call; the outputs in the spec's order (``rows`` rows each when
         batched)."""
         body, header_len = encode_request(spec, arrays)
         headers = {**BINARY_HEADERS, "Inference-Header-Content-Length": str(header_len)}
-        reply = self.client.post(f"/v2/models/{self.upstream_model}/infer", body, headers)
+        reply = await self.client.apost(f"/v2/models/{self.upstream_model}/infer", body, headers)
         try:
             outs = decode_answer(spec, reply.body, reply.header_length, rows)
         except ValueError as e:

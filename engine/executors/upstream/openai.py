@@ -22,7 +22,7 @@ import numpy as np
 
 from infergate.engine.executors.base import Outputs
 from infergate.engine.executors.upstream.errors import UPSTREAM_ERROR, UpstreamError
-from infergate.engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.executor import BatchUpstreamExecutor
 
 log = logging.getLogger("infergate.upstream")
 
@@ -49,9 +49,10 @@ class _Reply(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Reply)
 
 
-class OpenAIEmbeddingsExecutor(UpstreamExecutor):
+class OpenAIEmbeddingsExecutor(BatchUpstreamExecutor):
     """Embeddings on OpenAI-compatible replicas (``executor = "openai"``, task
-    ``embeddings``). ``run`` is called from the Batcher's slot threads."""
+    ``embeddings``). ``arun`` runs on the client loop (the Batcher starts it with
+    ``run_async``)."""
 
     kind = "openai"
     default_health_path = "/v1/models"
@@ -69,31 +70,32 @@ class OpenAIEmbeddingsExecutor(UpstreamExecutor):
     def after_first_check(self) -> None:
         """Learn the vector length with one tiny call; a failure is only logged."""
         try:
-            out = self._call([PROBE_INPUT], 0)
+            out = self.run([PROBE_INPUT], 0)
         except UpstreamError as e:
             log.warning("model %s: probing the upstream failed: %s", self.name, e)
             return
         log.info("model %s: upstream %s serves %d-dim vectors", self.name,
                  self.upstream_model, len(out[0][0]))  # fmt: skip
 
-    def run(self, items: list[Any], slot: int) -> Outputs:
+    async def arun(self, items: list[Any], slot: int) -> Outputs:
         """One upstream call per batch (two when the batch mixes texts and token arrays,
         which OpenAI's API does not accept in one ``input``)."""
         texts = [i for i, x in enumerate(items) if isinstance(x, str)]
         if not texts or len(texts) == len(items):
-            return self._call(items, slot)
+            return await self._call(items, slot)
         tokens = [i for i, x in enumerate(items) if not isinstance(x, str)]
         out: list[Any] = [None] * len(items)
         for group in (texts, tokens):
-            for i, o in zip(group, self._call([items[i] for i in group], slot), strict=True):
+            done = await self._call([items[i] for i in group], slot)
+            for i, o in zip(group, done, strict=True):
                 out[i] = o
         return out
 
-    def _call(self, items: list[Any], slot: int) -> list[tuple[np.ndarray[Any, Any], int]]:
+    async def _call(self, items: list[Any], slot: int) -> list[tuple[np.ndarray[Any, Any], int]]:
         body = msgspec.json.encode(
             {"model": self.upstream_model, "input": items, "encoding_format": "base64"}
         )
-        reply = self.client.post(EMBEDDINGS_PATH, body)
+        reply = await self.client.apost(EMBEDDINGS_PATH, body)
         try:
             vectors, total = decode_reply(reply.body, len(items))
         except ValueError as e:

@@ -175,15 +175,8 @@ class ReplicaSet:
             deadline = self.clock() + wait_s
             while True:
                 now = self.clock()
-                self._expire(now)
-                healthy = [r for r in self.replicas if not r.ejected and r not in exclude]
-                if not healthy:
-                    raise unavailable(self._none_healthy(exclude))
-                free = [r for r in healthy if r.inflight < self.max_inflight]
-                if free:
-                    least = min(r.inflight for r in free)
-                    pick = self._rng.choice([r for r in free if r.inflight == least])
-                    pick.inflight += 1
+                pick = self._pick(exclude, now)
+                if pick is not None:
                     return pick
                 left = deadline - now
                 if left <= 0:
@@ -191,6 +184,30 @@ class ReplicaSet:
                         f"every healthy replica has {self.max_inflight} calls in flight"
                     )
                 self._cond.wait(min(left, self._next_return(now) - now))
+
+    def try_acquire(self, exclude: Collection[Replica] = ()) -> Replica | None:
+        """``acquire`` without waiting: None when every healthy replica is at
+        ``max_inflight``. Thread-safe; never blocks (the client loop calls it).
+
+        Raises:
+            UpstreamError: 502 ``upstream_unavailable``: no healthy replica.
+        """
+        with self._cond:
+            return self._pick(exclude, self.clock())
+
+    def _pick(self, exclude: Collection[Replica], now: float) -> Replica | None:
+        """Under the lock: reserve a call on the least loaded healthy replica with room."""
+        self._expire(now)
+        healthy = [r for r in self.replicas if not r.ejected and r not in exclude]
+        if not healthy:
+            raise unavailable(self._none_healthy(exclude))
+        free = [r for r in healthy if r.inflight < self.max_inflight]
+        if not free:
+            return None
+        least = min(r.inflight for r in free)
+        pick = self._rng.choice([r for r in free if r.inflight == least])
+        pick.inflight += 1
+        return pick
 
     def release(
         self, replica: Replica, *, latency_s: float | None = None, failure: str | None = None

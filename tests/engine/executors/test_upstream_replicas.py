@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
 from collections import Counter
+from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -256,13 +259,22 @@ def test_decode_reply_orders_by_index_and_reads_base64_or_floats() -> None:
 
 
 class FakeClient:
-    """Answers ``post`` like an OpenAI upstream would: one vector per input, 3 tokens each."""
+    """Answers ``apost`` like an OpenAI upstream would: one vector per input, 3 tokens each;
+    ``submit`` runs the coroutine to its end on a loop of its own."""
 
     def __init__(self, body: bytes | None = None) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.body = body
 
-    def post(self, path: str, body: bytes) -> UpstreamReply:
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(asyncio.run(coro))
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
+
+    async def apost(self, path: str, body: bytes) -> UpstreamReply:
         assert path == "/v1/embeddings"
         doc = json.loads(body)
         self.bodies.append(doc)

@@ -3,11 +3,10 @@ gateway hold an unbounded body in memory."""
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from infergate.engine.executors.upstream.client import ReplyTooLarge, read_reply
+from infergate.engine.executors.upstream.lean import LeanPool, TooLarge
 
 BODY = b"x" * 1000
 
@@ -38,11 +37,15 @@ async def test_a_reply_over_the_cap_is_refused_and_one_within_it_read_whole(
     runner = await _serve(chunked)
     try:
         port = runner.addresses[0][1]
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/") as resp:
-                with pytest.raises(ReplyTooLarge):
-                    await read_reply(resp, len(BODY) - 1)
-            async with session.get(f"http://127.0.0.1:{port}/") as resp:
-                assert await read_reply(resp, len(BODY)) == BODY
+        base = f"http://127.0.0.1:{port}"
+        small = LeanPool(5.0, len(BODY) - 1)
+        with pytest.raises(TooLarge):
+            await small.request(base, "GET", "/", None, {}, 5.0)
+        pool = LeanPool(5.0, len(BODY))
+        for _ in range(2):  # the second call reuses the kept-alive connection
+            assert await pool.request(base, "GET", "/", None, {}, 5.0) == (200, BODY, None)
+        assert len(pool._replicas[base].idle) == 1
+        pool.close()
+        small.close()
     finally:
         await runner.cleanup()

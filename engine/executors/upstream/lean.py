@@ -1,0 +1,207 @@
+"""A lean keep-alive HTTP/1.1 client for the batched upstream calls (embeddings, tensors).
+
+Why not aiohttp here: measured in docs/benchmarks.md ("Gateway", pass-through), aiohttp's
+client cost ~0.5 ms of CPU per call on the gateway's loop thread (its request and response
+objects, timers, multidicts, payload wrappers), half of the gateway's whole cost per request.
+These calls are the simplest HTTP there is: one request with a body, one answer read whole, on
+connections kept alive to a few known replicas. This module does just that on asyncio
+protocols with httptools' response parser (the same parser the server side uses). aiohttp
+still makes the streamed generate calls (relayed chunk by chunk) and the health checks.
+
+Only the client loop thread uses a pool. A replica's connections are bounded by the calls the
+ReplicaSet lets it have in flight (``max_inflight``): a connection is taken for one call and
+put back when its answer was read whole and the server keeps it alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+IDLE_S = 30.0
+"""An idle connection older than this is closed instead of reused."""
+
+
+class ConnectFailed(Exception):
+    """The connection could not be opened: no byte of the request was written."""
+
+
+class TooLarge(Exception):
+    """The answer passed the cap."""
+
+
+class _Conn(asyncio.Protocol):
+    """One connection; one call at a time."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[None] | None = None
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.header_length: int | None = None
+        self.closed = False
+        self.keep_alive = False
+        """The last answer lets the connection be reused."""
+        self.idle_since = 0.0
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionError("the replica upgraded the connection"))
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, TooLarge) else ConnectionError(f"{e!r}"))
+        except httptools.HttpParserError as e:
+            self._fail(ConnectionError(f"invalid HTTP answer: {e}"))
+        except TooLarge as e:
+            self._fail(e)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionResetError(f"connection closed by the replica: {exc or 'EOF'}"))
+
+    # ---- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        if key == b"inference-header-content-length" and value.isdigit():
+            self.header_length = int(value)
+        elif key == b"content-length" and value.isdigit() and int(value) > self.cap:
+            raise TooLarge(f"answer of {int(value)} bytes is larger than {self.cap}")
+
+    def on_headers_complete(self) -> None:
+        pass
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.cap:
+            raise TooLarge(f"answer larger than {self.cap} bytes")
+        self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # ---- calls ---------------------------------------------------------------------------
+
+    def _fail(self, e: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(e)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def call(self, head: bytes, body: bytes | None) -> tuple[int, bytes, int | None]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.parts, self.size, self.header_length, self.keep_alive = [], 0, None, False
+        self.transport.write(head + body if body else head)
+        await self.waiter
+        status = self.parser.get_status_code()
+        return status, b"".join(self.parts), self.header_length
+
+
+class _Replica:
+    """Where to connect for one base URL, and its idle connections."""
+
+    __slots__ = ("host", "host_header", "idle", "port", "prefix", "ssl")
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if https else 80)
+        self.host_header = parts.netloc.encode("idna")
+        self.prefix = parts.path.rstrip("/").encode()
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if https else None
+        self.idle: list[_Conn] = []
+
+
+class LeanPool:
+    """Keep-alive connections to replicas, by base URL. The client loop thread only."""
+
+    def __init__(self, connect_timeout_s: float, cap: int) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.cap = cap
+        self._replicas: dict[str, _Replica] = {}
+
+    async def request(
+        self,
+        base: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes, int | None]:
+        """``method path`` on the replica at ``base``; its status, whole body and
+        ``Inference-Header-Content-Length``.
+
+        Raises:
+            ConnectFailed: no connection (nothing was sent).
+            TimeoutError: no whole answer within ``timeout_s`` (the connection is closed).
+            TooLarge: the answer passed the cap (the connection is closed).
+            OSError: the connection broke or the answer was not HTTP.
+        """
+        r = self._replicas.get(base)
+        if r is None:
+            r = self._replicas[base] = _Replica(base)
+        conn = await self._take(r)
+        lines = [b"%s %s%s HTTP/1.1\r\nHost: %s\r\n" % (
+            method.encode(), r.prefix, path.encode(), r.host_header)]  # fmt: skip
+        for k, v in headers.items():
+            lines.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
+        lines.append(b"Content-Length: %d\r\n\r\n" % len(body or b""))
+        head = b"".join(lines)
+        ok = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await conn.call(head, body)
+            ok = True
+        finally:
+            if ok and not conn.closed and conn.keep_alive:
+                conn.idle_since = time.monotonic()
+                r.idle.append(conn)
+            else:
+                conn.close()  # an error, a timeout or a cancel: the replica sees it end
+        return answer
+
+    async def _take(self, r: _Replica) -> _Conn:
+        now = time.monotonic()
+        while r.idle:
+            conn = r.idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_S:
+                return conn
+            conn.close()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, proto = await loop.create_connection(
+                    lambda: _Conn(self.cap), r.host, r.port, ssl=r.ssl
+                )
+        except (OSError, TimeoutError) as e:
+            raise ConnectFailed(f"cannot connect to {r.host}:{r.port}: {e or 'timed out'}") from e
+        return proto
+
+    def close(self) -> None:
+        for r in self._replicas.values():
+            for conn in r.idle:
+                conn.close()
+            r.idle.clear()
