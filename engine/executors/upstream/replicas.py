@@ -10,8 +10,11 @@ Semantics, named after Envoy's outlier detection and health checks:
 - A call goes to the healthy replica with the fewest calls in flight; ties are broken at
   random. No replica ever has more than ``max_inflight`` calls in flight.
 - ``consecutive_failures`` failed calls in a row (connect failures, resets, timeouts, 5xx)
-  eject a replica for ``base_ejection_s`` times the number of times it has been ejected,
-  capped at ``max_ejection_s``. Any response that is not a 5xx resets the count.
+  eject a replica for ``base_ejection_s`` times its ejection multiplier, capped at
+  ``max_ejection_s``. Any response that is not a 5xx resets the count of failures.
+- The multiplier grows by one with each ejection and decays by one for every
+  ``base_ejection_s`` the replica then spends in rotation (Envoy decrements it while a host
+  stays healthy), so a replica that failed once long ago is not ejected for long again.
 - When the ejection time has passed the replica is healthy again (and ejected again, for
   longer, if it keeps failing). An active health check that passes brings it back at once;
   one that fails ejects it until a check passes.
@@ -49,6 +52,8 @@ class Replica:
     """One upstream server. Mutated only under its ReplicaSet's lock."""
 
     __slots__ = (
+        "backoff",
+        "backoff_since",
         "consecutive",
         "ejected_until",
         "ejection_cause",
@@ -72,6 +77,10 @@ class Replica:
         self.ejection_cause = ""
         # outlier detection
         self.consecutive = 0
+        self.backoff = 0
+        """Ejection multiplier: the next ejection lasts ``base x (backoff + 1)``."""
+        self.backoff_since = 0.0
+        """Clock time from which ``backoff`` decays (the replica's return to rotation)."""
         self.ejections = 0
         # statistics
         self.requests = 0
@@ -103,6 +112,8 @@ class ReplicaStats:
     errors: int
     """Calls failed (connect, reset, timeout, 5xx, malformed answer)."""
     ejections: int
+    ejection_multiplier: int
+    """What the last ejection's time was multiplied by, after decay (0: none to remember)."""
     consecutive_failures: int
     latency_ewma_ms: float
     latency_buckets: tuple[int, ...]
@@ -121,6 +132,7 @@ class ReplicaStats:
             "requests": self.requests,
             "errors": self.errors,
             "ejections": self.ejections,
+            "ejection_multiplier": self.ejection_multiplier,
             "consecutive_failures": self.consecutive_failures,
             "latency_ms": round(self.latency_ewma_ms, 3),
             "last_error": self.last_error,
@@ -246,7 +258,7 @@ class ReplicaSet:
                     log.warning(
                         "upstream %s: health check passed, replica back in rotation", replica.url
                     )
-                    self._restore(replica)
+                    self._restore(replica, self.clock())
                     self._cond.notify_all()
                 return
             replica.last_error = f"health check: {detail}"
@@ -265,6 +277,7 @@ class ReplicaSet:
             return [self._stats(r, now) for r in self.replicas]
 
     def _stats(self, r: Replica, now: float) -> ReplicaStats:
+        self._decay(r, now)
         timed = r.ejected and r.ejected_until != UNTIL_CHECK_PASSES
         return ReplicaStats(
             url=r.url,
@@ -275,6 +288,7 @@ class ReplicaSet:
             requests=r.requests,
             errors=r.errors,
             ejections=r.ejections,
+            ejection_multiplier=r.backoff,
             consecutive_failures=r.consecutive,
             latency_ewma_ms=r.latency_ewma_s * 1000,
             latency_buckets=tuple(r.latency.counts),
@@ -292,8 +306,10 @@ class ReplicaSet:
             self._eject(r, self.clock(), CAUSE_FAILURES, failure)
 
     def _eject(self, r: Replica, now: float, cause: str, detail: str) -> None:
+        self._decay(r, now)
         r.ejections += 1
-        duration = min(self.base_ejection_s * r.ejections, self.max_ejection_s)
+        r.backoff += 1
+        duration = min(self.base_ejection_s * r.backoff, self.max_ejection_s)
         r.ejected_until = now + duration
         r.ejection_cause = cause
         r.consecutive = 0
@@ -302,17 +318,28 @@ class ReplicaSet:
             r.url, cause, detail, duration, r.ejections,
         )  # fmt: skip
 
-    def _restore(self, r: Replica) -> None:
+    def _restore(self, r: Replica, since: float) -> None:
+        """Back in rotation from clock time ``since`` (when the multiplier starts decaying)."""
         r.ejected_until = 0.0
         r.ejection_cause = ""
         r.consecutive = 0
+        r.backoff_since = since
+
+    def _decay(self, r: Replica, now: float) -> None:
+        """Take one off the multiplier per whole ``base_ejection_s`` spent in rotation."""
+        if r.ejected or r.backoff == 0 or self.base_ejection_s <= 0:
+            return
+        steps = int((now - r.backoff_since) // self.base_ejection_s)
+        if steps > 0:
+            r.backoff = max(0, r.backoff - steps)
+            r.backoff_since += steps * self.base_ejection_s
 
     def _expire(self, now: float) -> None:
         """Return the replicas whose timed ejection has passed."""
         for r in self.replicas:
             if r.ejected and r.ejected_until <= now:
                 log.warning("upstream %s: ejection time over, back in rotation", r.url)
-                self._restore(r)
+                self._restore(r, r.ejected_until)
 
     def _next_return(self, now: float) -> float:
         """Earliest clock time a timed ejection ends (``now`` + 1 h when none does)."""

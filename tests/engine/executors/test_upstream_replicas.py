@@ -163,6 +163,44 @@ def test_ejection_time_grows_with_each_ejection_and_is_capped() -> None:
     assert durations == [5.0, 10.0, 12.0, 12.0]
 
 
+def ejected_for(rs: ReplicaSet, url: str) -> float | None:
+    return {s.url: s for s in rs.stats()}[url].ejected_for_s
+
+
+def test_the_multiplier_decays_by_one_per_base_ejection_time_in_rotation() -> None:
+    rs, clock = make(failures=1)  # base 5 s, max 12 s
+    fail(rs, "http://a:1", 1)
+    clock.now += 5.0  # the first ejection (5 s) is over
+    assert state(rs)["http://a:1"] == "healthy"  # as acquire, which hands it out again
+    fail(rs, "http://a:1", 1)
+    assert ejected_for(rs, "http://a:1") == 10.0  # failed again at once: x2
+    clock.now += 10.0
+    assert rs.stats()[0].ejection_multiplier == 2  # back in rotation (stats expire it)
+    clock.now += 4.999  # not quite one base time in rotation: no decay yet
+    assert rs.stats()[0].ejection_multiplier == 2
+    clock.now += 0.001
+    assert rs.stats()[0].ejection_multiplier == 1
+    fail(rs, "http://a:1", 1)
+    assert ejected_for(rs, "http://a:1") == 10.0  # x2 again, not x3
+    clock.now += 10.0 + 2 * 5.0  # over, then two base times in rotation: back to zero
+    assert rs.stats()[0].ejection_multiplier == 0
+    clock.now += 60.0  # it never goes below zero
+    fail(rs, "http://a:1", 1)
+    assert ejected_for(rs, "http://a:1") == 5.0  # a first ejection's time again
+    assert rs.stats()[0].ejections == 4  # the counter of ejections does not decay
+
+
+def test_no_decay_while_ejected_and_a_passing_check_starts_it() -> None:
+    rs, clock = make()
+    a = rs.replicas[0]
+    rs.health_result(a, False, "refused")  # ejected until a check passes: multiplier 1
+    clock.now += 100.0  # time ejected does not count
+    assert rs.stats()[0].ejection_multiplier == 1
+    rs.health_result(a, True)
+    clock.now += 5.0
+    assert rs.stats()[0].ejection_multiplier == 0
+
+
 def test_a_passing_check_returns_an_ejected_replica_at_once() -> None:
     rs, _ = make(failures=1)
     fail(rs, "http://a:1", 1)
