@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from infergate.engine.config import BatchingConfig
+from infergate.engine.executors.upstream.executor import UpstreamExecutor
+from infergate.engine.executors.upstream.replicas import ReplicaStats
 from infergate.engine.stats import HttpSnapshot, snapshot
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ class ModelSnapshot:
     """Histogram counts (bounds: engine.stats.DURATION_BUCKETS + inf)."""
     queue_wait: tuple[int, ...]
     """Histogram counts (bounds: engine.stats.WAIT_BUCKETS + inf)."""
+    replicas: tuple[ReplicaStats, ...] = ()
+    """A gateway model's upstream replicas (``ReplicaSet.stats_nowait``); empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,9 @@ def take(server: Server) -> EngineSnapshot:
                 batch_items=tuple(st.batch_items.counts),
                 latency=tuple(st.latency_s.counts),
                 queue_wait=tuple(st.queue_wait_s.counts),
+                replicas=tuple(b.executor.replica_stats_nowait())
+                if isinstance(b.executor, UpstreamExecutor)
+                else (),
             )
         )
     return EngineSnapshot(time.monotonic(), snapshot(s.stats for s in server.subs), tuple(models))

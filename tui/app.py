@@ -35,7 +35,7 @@ from infergate.engine.control import Control, ControlError
 from infergate.engine.snapshot import EngineSnapshot
 from infergate.tui.keys import KeysPanel
 from infergate.tui.models_view import ModelsScreen
-from infergate.tui.view import ModelRow, fmt_ms, http_row, rows
+from infergate.tui.view import ModelRow, fmt_ms, http_row, replica_lines, rows
 
 POLICIES = ("off", "window", "adaptive")
 HISTORY = 60
@@ -155,6 +155,10 @@ class EditScreen(ModalScreen[str | None]):
             error.update(f"[red]{e.message}[/red]")
             return
         self.dismiss(f"{self.row.name}: batching updated")
+
+
+DETAIL_HEIGHT = 9
+"""Rows of the detail pane (dashboard.tcss) for a model without upstream replicas."""
 
 
 class Dashboard(App[None]):
@@ -278,12 +282,16 @@ class Dashboard(App[None]):
         self.query_one("#spark-rps", Sparkline).data = list(rps)
         self.query_one("#spark-batch", Sparkline).data = list(batch)
         rej = "\n".join(f"  {k}: {v:.1f}/s" for k, v in r.rejections_s.items()) or "  none"
+        # a gateway model's replicas get a line each below the rest
+        self.query_one("#detail").styles.height = DETAIL_HEIGHT + (
+            len(r.replicas) + 1 if r.replicas else 0
+        )
         self.query_one("#info", Static).update(
             f"[b]{r.name}[/b]  {r.executor}\n"
             f"policy {r.policy}, max_batch_size {r.max_batch_size}, "
             f"max_queue_delay_us {r.max_queue_delay_us}, default priority {r.default_priority}\n"
             f"queue wait p50 {fmt_ms(r.wait_p50_ms)} ms, p99 {fmt_ms(r.wait_p99_ms)} ms\n"
-            f"rejections:\n{rej}"
+            f"rejections:\n{rej}" + (f"\n{replica_lines(r.replicas)}" if r.replicas else "")
         )
 
     def _fill_log(self) -> None:

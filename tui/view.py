@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from infergate.engine.executors.upstream.replicas import ReplicaStats
 from infergate.engine.snapshot import EngineSnapshot, ModelSnapshot
 from infergate.engine.stats import DURATION_BUCKETS, WAIT_BUCKETS
 
@@ -52,6 +53,8 @@ class ModelRow:
     mean_batch: float | None
     utilisation: float
     rejections_s: dict[str, float]
+    replicas: tuple[ReplicaStats, ...] = ()
+    """A gateway model's upstream replicas, as of the newer snapshot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ def model_row(old: ModelSnapshot, new: ModelSnapshot, dt: float) -> ModelRow:
         mean_batch=items / batches if batches else None,
         utilisation=min(1.0, (new.busy_s - old.busy_s) / dt / max(1, new.instances)),
         rejections_s=rej,
+        replicas=new.replicas,
     )
 
 
@@ -126,3 +130,21 @@ def rows(old: EngineSnapshot, new: EngineSnapshot) -> list[ModelRow]:
 
 def fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def replica_lines(replicas: Sequence[ReplicaStats]) -> str:
+    """Rich markup: one line per upstream replica (state, in flight, latency, errors,
+    ejections), or nothing for a model that runs here."""
+    if not replicas:
+        return ""
+    lines = ["replicas:"]
+    for r in replicas:
+        state = "[green]healthy[/green]" if r.state == "healthy" else "[bold red]ejected[/]"
+        if r.state != "healthy" and r.ejected_for_s is not None:
+            state += f" {r.ejected_for_s:.0f}s"
+        lines.append(
+            f"  {r.url.removeprefix('http://')}  {state}  in flight {r.inflight}  "
+            f"{fmt_ms(r.latency_ewma_ms if r.requests else None)} ms  "
+            f"errors {r.errors}  ejections {r.ejections}"
+        )
+    return "\n".join(lines)

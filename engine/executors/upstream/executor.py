@@ -126,6 +126,10 @@ class UpstreamExecutor(Executor):
         """Every replica's state and counters (for ``/metrics``). Thread-safe."""
         return self.replicas.stats()
 
+    def replica_stats_nowait(self) -> list[ReplicaStats]:
+        """``replica_stats`` without a lock (the dashboard's snapshots). Any thread."""
+        return self.replicas.stats_nowait()
+
     def describe(self) -> dict[str, Any]:
         """Public facts: no replica URLs (they are internal addresses)."""
         d = super().describe()

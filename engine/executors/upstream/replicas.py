@@ -276,19 +276,28 @@ class ReplicaSet:
             self._expire(now)
             return [self._stats(r, now) for r in self.replicas]
 
-    def _stats(self, r: Replica, now: float) -> ReplicaStats:
-        self._decay(r, now)
-        timed = r.ejected and r.ejected_until != UNTIL_CHECK_PASSES
+    def stats_nowait(self) -> list[ReplicaStats]:
+        """``stats`` without the lock, changing nothing (an ejection whose time is over shows
+        as healthy): for dashboards that must never wait on the request path. Each value is
+        whole; values of one replica may be a call apart."""
+        now = self.clock()
+        return [self._stats(r, now, changing=False) for r in list(self.replicas)]
+
+    def _stats(self, r: Replica, now: float, changing: bool = True) -> ReplicaStats:
+        if changing:
+            self._decay(r, now)
+        ejected = r.ejected and r.ejected_until > now
+        timed = ejected and r.ejected_until != UNTIL_CHECK_PASSES
         return ReplicaStats(
             url=r.url,
-            state=EJECTED if r.ejected else HEALTHY,
+            state=EJECTED if ejected else HEALTHY,
             ejection_cause=r.ejection_cause,
             ejected_for_s=round(r.ejected_until - now, 3) if timed else None,
             inflight=r.inflight,
             requests=r.requests,
             errors=r.errors,
             ejections=r.ejections,
-            ejection_multiplier=r.backoff,
+            ejection_multiplier=r.backoff if ejected else self._decayed(r, now)[0],
             consecutive_failures=r.consecutive,
             latency_ewma_ms=r.latency_ewma_s * 1000,
             latency_buckets=tuple(r.latency.counts),
@@ -327,12 +336,17 @@ class ReplicaSet:
 
     def _decay(self, r: Replica, now: float) -> None:
         """Take one off the multiplier per whole ``base_ejection_s`` spent in rotation."""
-        if r.ejected or r.backoff == 0 or self.base_ejection_s <= 0:
-            return
+        if not r.ejected:
+            r.backoff, r.backoff_since = self._decayed(r, now)
+
+    def _decayed(self, r: Replica, now: float) -> tuple[int, float]:
+        """``backoff`` and ``backoff_since`` of a replica in rotation, decayed to ``now``."""
+        if r.backoff == 0 or self.base_ejection_s <= 0:
+            return r.backoff, r.backoff_since
         steps = int((now - r.backoff_since) // self.base_ejection_s)
-        if steps > 0:
-            r.backoff = max(0, r.backoff - steps)
-            r.backoff_since += steps * self.base_ejection_s
+        if steps <= 0:
+            return r.backoff, r.backoff_since
+        return max(0, r.backoff - steps), r.backoff_since + steps * self.base_ejection_s
 
     def _expire(self, now: float) -> None:
         """Return the replicas whose timed ejection has passed."""
