@@ -432,15 +432,21 @@ class Batcher:
 
     def _start(self, starts: list[tuple[list[Part], int]]) -> None:
         """Start batches taken by ``_pump`` (outside the lock); each finishes in its future's
-        callback on the executor's loop."""
-        for parts, slot in starts:
+        callback on the executor's loop. A start that fails at once (the executor is closed)
+        fails its batch here, in a loop rather than by recursion."""
+        while starts:
+            parts, slot = starts.pop()
             items, t0 = self._begin(parts)
             try:
                 assert isinstance(self.executor, RunsAsync)
                 fut = self.executor.run_async(items, slot)
             except Exception as e:
-                fut = Future()
-                fut.set_exception(e)
+                try:
+                    self._complete(parts, slot, len(items), t0, None, e)
+                except Exception:
+                    self._strand(parts)
+                starts.extend(self._free_slot(slot))
+                continue
             fut.add_done_callback(functools.partial(self._finish, parts, slot, len(items), t0))
 
     def _finish(
@@ -456,12 +462,15 @@ class Batcher:
         except Exception:
             self._strand(parts)
         finally:
-            with self._cond:
-                self._free.append(slot)
-                starts = self._pump()
-                if self._closed and self._idle():
-                    self._timer.notify()  # the last batch of a closing model is over
-            self._start(starts)
+            self._start(self._free_slot(slot))
+
+    def _free_slot(self, slot: int) -> list[tuple[list[Part], int]]:
+        """Return ``slot`` and take the batches now due (for ``_start``)."""
+        with self._cond:
+            self._free.append(slot)
+            if self._closed and self._idle():
+                self._timer.notify()  # the last batch of a closing model is over
+            return self._pump()
 
     # ---- executor slot threads ---------------------------------------------------------------
 

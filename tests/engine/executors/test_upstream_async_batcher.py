@@ -29,11 +29,15 @@ class FakeAsyncUpstream(Executor):
         super().__init__(instances)
         self.started: queue.Queue[tuple[list[Any], int, Future[Outputs]]] = queue.Queue()
         self.fail_next: Exception | None = None
+        self.failing: Exception | None = None
+        """Every start raises this (a closed client), while set."""
 
     def run(self, items: list[Any], slot: int) -> Sequence[Any]:
         raise AssertionError("an async executor's batches never run on a slot thread")
 
     def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
+        if self.failing is not None:
+            raise self.failing
         if self.fail_next is not None:
             e, self.fail_next = self.fail_next, None
             raise e
@@ -153,6 +157,29 @@ def test_a_start_that_raises_fails_its_batch_and_returns_the_slot() -> None:
         complete_elsewhere(fut, ["B"])
         assert done_b.wait(WAIT_S)
         assert second.error is None
+    finally:
+        b.close()
+
+
+def test_a_thousand_starts_that_fail_at_once_fail_in_a_loop_not_by_recursion() -> None:
+    ex = FakeAsyncUpstream(instances=1)
+    b = make(ex, BatchingConfig(policy="off"))
+    try:
+        first = request(["a"], threading.Event())
+        b.submit(first)
+        _, _, fut = ex.next_started()
+        done = threading.Semaphore(0)
+        queued = [InferRequest([i], ("k",), 1, lambda r: done.release()) for i in range(1000)]
+        for r in queued:
+            b.submit(r)
+        ex.failing = unavailable("model m: the upstream client is not running")
+        complete_elsewhere(fut, ["A"])  # its slot now starts (and fails) every queued batch
+        for _ in queued:
+            assert done.acquire(timeout=WAIT_S)
+        assert {(r.error.status, r.error.reason) for r in queued if r.error} == {
+            (502, UPSTREAM_UNAVAILABLE)
+        }
+        assert all(r.error is not None for r in queued)
     finally:
         b.close()
 
