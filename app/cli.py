@@ -11,7 +11,7 @@ from typing import Any
 
 from infergate.app import keys_cli
 from infergate.app.config import ConfigError, LoadedConfig, load_config
-from infergate.app.runtime import JsonFormatter, ServerView, reload_batching
+from infergate.app.runtime import JsonFormatter, ServerView, reload_batching, tune_gc
 from infergate.engine import __version__
 from infergate.engine.auth.tenants import AuthConfigError
 from infergate.engine.executors.base import ExecutorError
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"infergate: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
         return 1
+    tune_gc()
     shown = f"[{host}]" if ":" in host else host
     models = ", ".join(f"{m.name} ({m.executor})" for m in cfg.models)
     admin = "off"

@@ -365,6 +365,10 @@ def _limited(key: Key, reason: str, retry_after: float, cost: int) -> ApiError:
     )
 
 
+def _delivered(_r: InferRequest) -> None:
+    """``InferRequest.deliver`` once its caller has its answer: later deliveries do nothing."""
+
+
 async def infer(
     req: Request,
     batcher: Batcher,
@@ -416,6 +420,7 @@ async def infer(
     finally:
         if conn is not None:
             conn.discard_client_eof(client_gone)
+        ireq.deliver = _delivered  # fut -> ireq -> deliver -> fut was one cycle per request
     adm.release(done)
     req.notes = {
         **(req.notes or {}),
