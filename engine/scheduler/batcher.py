@@ -11,29 +11,28 @@ The deadline thread sleeps on its own Condition until the earliest deadline or a
 queued request expires on time even while every executor slot is busy.
 
 Executors that run batches on an event loop of their own (``RunsAsync``: gateway models) get
-no slot threads: whichever thread finds work and a free slot (a submitting reactor, the
-executor's loop finishing a batch, the deadline thread at a window's end) takes the batch under
-the lock and starts it, and the executor's loop finishes it in the future's callback. A request
-then crosses two threads (reactor -> executor loop -> reactor) instead of four.
+no slot threads: whichever thread finds work and a free slot takes the batch under the lock and
+starts it, and the executor's loop finishes it in the future's callback (``async_batches.py``,
+a mixin of the Batcher). Both paths share the queueing, the batch decision (``_take``) and a
+batch's bookkeeping (``_begin``/``_complete``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from infergate.engine.config import BatchingConfig, ModelConfig
 from infergate.engine.executors.base import Executor, Outputs, RunsAsync, batch_ceiling
+from infergate.engine.scheduler.async_batches import AsyncBatches
 from infergate.engine.scheduler.policy import decide
 from infergate.engine.scheduler.queues import (
     CANCELLED,
@@ -67,7 +66,7 @@ class Measures(Protocol):
         ...
 
 
-class Batcher:
+class Batcher(AsyncBatches):
     """Queues and batches one model's requests onto its executor."""
 
     def __init__(self, cfg: ModelConfig, executor: Executor, clock: Clock = time.monotonic) -> None:
@@ -93,11 +92,8 @@ class Batcher:
         """The deadline thread waits here."""
         self._async = isinstance(executor, RunsAsync)
         """Batches start from any thread and finish in the executor's loop (no slot threads)."""
-        self._free = list(range(executor.instances - 1, -1, -1))
-        """Async executors: the slots with no batch running (under the lock)."""
-        self._wake_at: float | None = None
-        """Async executors: when a waiting batch (a window) is due; the deadline thread
-        wakes then to start it (under the lock)."""
+        self._free = list(range(executor.instances - 1, -1, -1))  # async executors
+        self._wake_at = None  # async executors: a window's end (see AsyncBatches)
         self._threads = [
             threading.Thread(
                 target=self._slot_loop, args=(i,), name=f"exec-{cfg.name}-{i}", daemon=True
@@ -409,71 +405,6 @@ class Batcher:
             return q.take_tokens(head.key, d.take, budget, single), None
         return q.take(head.key, d.take, single=single), None
 
-    # ---- async executors (no slot threads) ---------------------------------------------------
-
-    def _idle(self) -> bool:
-        """Under the lock: no batch of an async executor is running."""
-        return not self._async or len(self._free) == self.executor.instances
-
-    def _pump(self) -> list[tuple[list[Part], int]]:
-        """Under the lock (async executors): take every batch due now onto a free slot; the
-        caller starts them (``_start``) after releasing the lock."""
-        starts: list[tuple[list[Part], int]] = []
-        wake_at = None  # none while every slot is busy: a finishing batch pumps again
-        while self._free:
-            parts, wake_at = self._take()
-            if parts is None:
-                break
-            starts.append((parts, self._free.pop()))
-        if wake_at is not None and (self._wake_at is None or wake_at < self._wake_at):
-            self._timer.notify()  # a window is open: the deadline thread ends it
-        self._wake_at = wake_at
-        return starts
-
-    def _start(self, starts: list[tuple[list[Part], int]]) -> None:
-        """Start batches taken by ``_pump`` (outside the lock); each finishes in its future's
-        callback on the executor's loop. A start that fails at once (the executor is closed)
-        fails its batch here, in a loop rather than by recursion."""
-        while starts:
-            parts, slot = starts.pop()
-            items, t0 = self._begin(parts)
-            try:
-                assert isinstance(self.executor, RunsAsync)
-                fut = self.executor.run_async(items, slot)
-            except Exception as e:
-                try:
-                    self._complete(parts, slot, len(items), t0, None, e)
-                except Exception:
-                    self._strand(parts)
-                starts.extend(self._free_slot(slot))
-                continue
-            fut.add_done_callback(functools.partial(self._finish, parts, slot, len(items), t0))
-
-    def _finish(
-        self, parts: list[Part], slot: int, n: int, t0: float, fut: Future[Outputs]
-    ) -> None:
-        """``_start``'s callback: record the batch, deliver it, free the slot, start more."""
-        try:
-            try:
-                outputs, error = fut.result(), None
-            except (Exception, CancelledError) as e:
-                outputs, error = None, e
-            self._complete(parts, slot, n, t0, outputs, error)
-        except Exception:
-            self._strand(parts)
-        finally:
-            self._start(self._free_slot(slot))
-
-    def _free_slot(self, slot: int) -> list[tuple[list[Part], int]]:
-        """Return ``slot`` and take the batches now due (for ``_start``)."""
-        with self._cond:
-            self._free.append(slot)
-            if self._closed and self._idle():
-                self._timer.notify()  # the last batch of a closing model is over
-            return self._pump()
-
-    # ---- executor slot threads ---------------------------------------------------------------
-
     def _run_batch(self, parts: list[Part], slot: int) -> None:
         items, t0 = self._begin(parts)
         outputs: Outputs | None = None
@@ -483,6 +414,8 @@ class Batcher:
         except Exception as e:
             exc = e
         self._complete(parts, slot, len(items), t0, outputs, exc)
+
+    # ---- a batch's bookkeeping (both paths) ----------------------------------------------------
 
     def _begin(self, parts: list[Part]) -> tuple[list[Any], float]:
         """A batch's items and start time; its requests are stamped as dispatched."""
