@@ -11,6 +11,14 @@ still makes the streamed generate calls (relayed chunk by chunk) and the health 
 Only the client loop thread uses a pool. A replica's connections are bounded by the calls the
 ReplicaSet lets it have in flight (``max_inflight``): a connection is taken for one call and
 put back when its answer was read whole and the server keeps it alive.
+
+What a replica sends is bounded: the status lines and headers of an answer (1xx interim
+answers included) by ``MAX_HEAD_BYTES``, the body by the pool's cap, the whole call by its
+timeout. HTTP/1.1 as a client must read it: 1xx interim answers are skipped, and an answer
+with neither ``Content-Length`` nor chunked coding ends when the replica closes the
+connection. A kept-alive connection that the replica closed while it sat idle (the close and
+our request crossed) is retried once on a fresh connection, only when no byte of the answer
+arrived: the replica closed it without reading the request, as far as HTTP can tell.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import httptools
 
 IDLE_S = 30.0
 """An idle connection older than this is closed instead of reused."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest status lines + headers of one answer (1xx interim answers included)."""
 
 
 class ConnectFailed(Exception):
@@ -34,6 +44,14 @@ class ConnectFailed(Exception):
 
 class TooLarge(Exception):
     """The answer passed the cap."""
+
+
+class HeadTooLarge(TooLarge):
+    """The answer's status lines and headers passed ``MAX_HEAD_BYTES``."""
+
+
+class ClosedUnanswered(ConnectionResetError):
+    """The replica closed the connection before any byte of the answer."""
 
 
 class _Conn(asyncio.Protocol):
@@ -51,6 +69,16 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = False
         """The last answer lets the connection be reused."""
         self.idle_since = 0.0
+        self.calls = 0
+        """Calls started on this connection (a reused one has more than one)."""
+        self.received = 0
+        """Bytes of the current call's answer received so far."""
+        self.head_size = 0
+        """Bytes of the current answer's heads (status lines and headers) so far."""
+        self.in_head = True
+        """The parser is in a status line or headers (not in a body)."""
+        self.delimited = False
+        """The answer's body has a length (``Content-Length`` or chunked coding)."""
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
@@ -58,8 +86,15 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.in_head:
+            self.head_size += len(data)  # may include body bytes: checked once past the head
         try:
             self.parser.feed_data(data)
+            if self.in_head and self.head_size > MAX_HEAD_BYTES:
+                raise HeadTooLarge(
+                    f"answer's status line and headers exceed {MAX_HEAD_BYTES} bytes"
+                )
         except httptools.HttpParserUpgrade:
             self._fail(ConnectionError("the replica upgraded the connection"))
         except httptools.HttpParserCallbackError as e:
@@ -72,19 +107,34 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ConnectionResetError(f"connection closed by the replica: {exc or 'EOF'}"))
+        if exc is None and not self.in_head and not self.delimited:
+            self.keep_alive = False  # the close ends the body (RFC 9112, 6.3, rule 8)
+            self._done()
+        elif self.received == 0:
+            self._fail(ClosedUnanswered(f"connection closed by the replica: {exc or 'EOF'}"))
+        else:
+            self._fail(ConnectionResetError(f"connection closed by the replica: {exc or 'EOF'}"))
 
     # ---- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head, self.delimited, self.header_length = True, False, None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.lower()
         if key == b"inference-header-content-length" and value.isdigit():
             self.header_length = int(value)
-        elif key == b"content-length" and value.isdigit() and int(value) > self.cap:
-            raise TooLarge(f"answer of {int(value)} bytes is larger than {self.cap}")
+        elif key == b"content-length":
+            self.delimited = True
+            if value.isdigit() and int(value) > self.cap:
+                raise TooLarge(f"answer of {int(value)} bytes is larger than {self.cap}")
+        elif key == b"transfer-encoding":
+            self.delimited = True
 
     def on_headers_complete(self) -> None:
-        pass
+        self.in_head = False
+        if self.parser.get_status_code() in (204, 304):
+            self.delimited = True  # no body, whatever the headers say
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -93,11 +143,18 @@ class _Conn(asyncio.Protocol):
         self.parts.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            self.parts, self.size = [], 0  # an interim answer: the final one follows
+            self.in_head = True
+            return
         self.keep_alive = self.parser.should_keep_alive()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        self._done()
 
     # ---- calls ---------------------------------------------------------------------------
+
+    def _done(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def _fail(self, e: Exception) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -110,8 +167,12 @@ class _Conn(asyncio.Protocol):
 
     async def call(self, head: bytes, body: bytes | None) -> tuple[int, bytes, int | None]:
         assert self.transport is not None
+        self.calls += 1
+        if self.closed:
+            raise ClosedUnanswered("connection closed by the replica while idle")
         self.waiter = asyncio.get_running_loop().create_future()
         self.parts, self.size, self.header_length, self.keep_alive = [], 0, None, False
+        self.received, self.head_size, self.in_head, self.delimited = 0, 0, True, False
         self.transport.write(head + body if body else head)
         await self.waiter
         status = self.parser.get_status_code()
@@ -157,23 +218,40 @@ class LeanPool:
         Raises:
             ConnectFailed: no connection (nothing was sent).
             TimeoutError: no whole answer within ``timeout_s`` (the connection is closed).
-            TooLarge: the answer passed the cap (the connection is closed).
-            OSError: the connection broke or the answer was not HTTP.
+            TooLarge: the answer passed the cap, or its heads ``MAX_HEAD_BYTES``
+                (``HeadTooLarge``; the connection is closed).
+            OSError: the connection broke or the answer was not HTTP (``ClosedUnanswered``:
+                closed before any byte of the answer, after the one retry a reused connection
+                gets).
         """
         r = self._replicas.get(base)
         if r is None:
             r = self._replicas[base] = _Replica(base)
-        conn = await self._take(r)
         lines = [b"%s %s%s HTTP/1.1\r\nHost: %s\r\n" % (
             method.encode(), r.prefix, path.encode(), r.host_header)]  # fmt: skip
         for k, v in headers.items():
             lines.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
         lines.append(b"Content-Length: %d\r\n\r\n" % len(body or b""))
         head = b"".join(lines)
+        conn = await self._take(r)  # bounded by the connect timeout
+        async with asyncio.timeout(timeout_s):
+            try:
+                return await self._once(r, conn, head, body)
+            except ClosedUnanswered:
+                if conn.calls < 2:
+                    raise  # a fresh connection: the replica may have read the request
+            # A kept-alive connection closed with no byte of the answer: the replica closed
+            # it while idle, as our request crossed its close. Once more, on a new one.
+            return await self._once(r, await self._connect(r), head, body)
+
+    @staticmethod
+    async def _once(
+        r: _Replica, conn: _Conn, head: bytes, body: bytes | None
+    ) -> tuple[int, bytes, int | None]:
+        """One call on ``conn``; kept alive after a whole answer if the replica allows."""
         ok = False
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await conn.call(head, body)
+            answer = await conn.call(head, body)
             ok = True
         finally:
             if ok and not conn.closed and conn.keep_alive:
@@ -190,6 +268,9 @@ class LeanPool:
             if not conn.closed and now - conn.idle_since < IDLE_S:
                 return conn
             conn.close()
+        return await self._connect(r)
+
+    async def _connect(self, r: _Replica) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
