@@ -9,6 +9,9 @@ Side by side with other trees: ``TREES="base=/tmp/ig-base,current=."`` runs each
 ``python -m infergate.app`` (``-m app`` in older trees; same interpreter, ``PYTHONPATH`` and working
 directory set to the tree), in
 alternating rounds so drift on the box hits every tree alike. Ratios are against the first tree.
+Besides req/s, each round reads the server's CPU time (``/proc/PID/stat``, all threads) and
+divides it by the requests answered: CPU µs per request is what a change to the per-request
+work moves, and it moves much less than req/s when other processes take turns on core 0.
 
 Environment: TREES (default ``current=.``), DURATION (s, default 5), ROUNDS (default 2),
 CONNS (default 64), CASES (comma list of 1-float,1-b64,32-float,32-b64; default all).
@@ -116,7 +119,13 @@ def start(tree: Path, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], in
     raise SystemExit(f"{name} did not answer within 30 s")
 
 
-def run_wrk(port: int, script: Path) -> tuple[float, float, int]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(port: int, script: Path) -> tuple[float, float, int, int]:
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}s", "--latency",
            "-s", str(script), f"http://127.0.0.1:{port}/v1/embeddings"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -125,7 +134,9 @@ def run_wrk(port: int, script: Path) -> tuple[float, float, int]:
     assert m
     p50 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, p50, int(bad.group(1)) if bad else 0
+    total = re.search(r"(\d+) requests in", out)
+    assert total
+    return rps, p50, int(bad.group(1)) if bad else 0, int(total.group(1))
 
 
 def main() -> None:
@@ -135,17 +146,22 @@ def main() -> None:
         scripts[case] = tmp / f"{case}.lua"
         scripts[case].write_text(LUA.format(body=json.dumps(body(case))))
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    results: dict[tuple[str, str], list[tuple[float, float, int]]] = defaultdict(list)
+    results: dict[tuple[str, str], list[tuple[float, float, int, float]]] = defaultdict(list)
     try:
         for name, tree in TREES:
             servers[name] = start(tree, tmp, name)
         for case in CASES:
             for rnd in range(ROUNDS):
                 for name, _ in TREES:
-                    r = run_wrk(servers[name][1], scripts[case])
+                    proc, port = servers[name]
+                    cpu0 = cpu_s(proc.pid)
+                    rps, p50, bad, total = run_wrk(port, scripts[case])
+                    us = (cpu_s(proc.pid) - cpu0) * 1e6 / max(1, total)
+                    r = (rps, p50, bad, us)
                     results[case, name].append(r)
-                    print(f"{case:9} round {rnd + 1} {name:10} {r[0]:>9.0f} req/s "
-                          f"p50 {r[1]:.2f} ms non-2xx {r[2]}", file=sys.stderr)  # fmt: skip
+                    print(f"{case:9} round {rnd + 1} {name:10} {rps:>9.0f} req/s "
+                          f"p50 {p50:.2f} ms CPU {us:.0f} µs/req non-2xx {bad}",
+                          file=sys.stderr)  # fmt: skip
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -154,17 +170,20 @@ def main() -> None:
     first = TREES[0][0]
     print(f"\nwrk -t1 -c{CONNS} -d{DURATION}s, {ROUNDS} alternating rounds, server on core 0, "
           f"wrk on core 1 (mean of rounds); sim-embed base_us=0 per_item_us=0\n")  # fmt: skip
-    print(f"| case | tree | req/s | items/s | p50 ms | non-2xx | / {first} |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"| case | tree | req/s | items/s | p50 ms | non-2xx | / {first} "
+          f"| server CPU µs/req | {first} CPU / tree CPU |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for case in CASES:
         n = int(case.split("-")[0])
         base = mean(r[0] for r in results[case, first])
+        base_us = mean(r[3] for r in results[case, first])
         for name, _ in TREES:
             rs = results[case, name]
             rps = mean(r[0] for r in rs)
+            us = mean(r[3] for r in rs)
             print(f"| {case} | {name} | {rps:,.0f} | {rps * n:,.0f} | "
                   f"{mean(r[1] for r in rs):.2f} | {sum(r[2] for r in rs)} | "
-                  f"{rps / base:.2f}x |")  # fmt: skip
+                  f"{rps / base:.2f}x | {us:.0f} | {base_us / us:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

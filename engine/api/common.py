@@ -439,6 +439,145 @@ async def infer(
     return done
 
 
+def _note(req: Request, batcher: Batcher, level: int, n: int, done: InferRequest) -> None:
+    """What the access log says of an answered inference request."""
+    notes = req.notes
+    if notes is None:
+        req.notes = notes = {}
+    notes["model"] = batcher.name
+    notes["priority"] = level
+    notes["items"] = n
+    notes["queue_us"] = (
+        round((done.dispatched_at - done.enqueued) * 1e6) if done.dispatched_at else None
+    )
+    notes["batch_items"] = done.batch_items
+    notes["batch_requests"] = done.batch_requests
+    if done.error is not None:
+        notes["error"] = done.error.reason
+
+
+class _Pending:
+    """An anonymous request waiting for its outputs with no task and no coroutine: the
+    batcher's delivery builds the answer and resolves the future the protocol waits on
+    (``infer_then``). Its cycles (future -> callbacks -> self -> future, request -> deliver
+    -> self -> request) end when it is answered or cancelled."""
+
+    __slots__ = ("answer", "batcher", "conn", "fail", "fut", "ireq", "level", "req")
+
+    def __init__(
+        self,
+        req: Request,
+        batcher: Batcher,
+        level: int,
+        fut: asyncio.Future[Response],
+        answer: Callable[[InferRequest], Response],
+        fail: Callable[[Rejection], Response],
+    ) -> None:
+        self.req = req
+        self.batcher = batcher
+        self.level = level
+        self.fut = fut
+        self.answer = answer
+        self.fail = fail
+        self.conn = req.conn
+        self.ireq: InferRequest | None = None
+
+    def deliver(self, r: InferRequest) -> None:
+        """The batcher's delivery, on the request's loop: answer, once."""
+        r.deliver = _delivered
+        self.ireq = None
+        conn = self.conn
+        if conn is not None:
+            conn.discard_client_eof(self.client_gone)
+        fut = self.fut
+        if fut.done():
+            return  # cancelled: the connection is gone
+        _note(self.req, self.batcher, self.level, r.n, r)
+        try:
+            resp = self.answer(r) if r.error is None else self.fail(r.error)
+        except Exception as e:  # the protocol logs it and answers 500
+            fut.set_exception(e)
+            return
+        fut.set_result(resp)
+
+    def submit(self) -> None:
+        """Queue the request (``_submit_queued``), unless its connection is already gone."""
+        fut, ireq = self.fut, self.ireq
+        if fut.done() or ireq is None:
+            return
+        try:
+            self.batcher.submit(ireq)
+        except Rejection as e:
+            ireq.deliver = _delivered
+            self.ireq = None
+            fut.set_result(self.fail(e))
+            return
+        if self.conn is not None:
+            self.conn.on_client_eof(self.client_gone)
+
+    def client_gone(self) -> None:
+        ireq = self.ireq
+        if ireq is not None and self.batcher.cancel(ireq):
+            ireq.error = Rejection(499, CANCELLED, "client closed the connection while queued")
+            self.deliver(ireq)
+
+    def done(self, fut: asyncio.Future[Response]) -> None:
+        """The future's done callback: a cancelled one (connection lost) leaves the queue."""
+        ireq = self.ireq
+        if ireq is not None and fut.cancelled():
+            self.ireq = None
+            ireq.deliver = _delivered
+            if self.conn is not None:
+                self.conn.discard_client_eof(self.client_gone)
+            self.batcher.cancel(ireq)
+
+
+_to_submit: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+"""Requests of ``infer_then`` waiting for their loop's next turn to be queued, per loop."""
+
+
+def _submit_queued(loop: asyncio.AbstractEventLoop) -> None:
+    for p in _to_submit.pop(loop):
+        p.submit()
+
+
+def infer_then(
+    req: Request,
+    batcher: Batcher,
+    items: list[Any],
+    key: Hashable,
+    level: int,
+    timeout_s: float | None,
+    answer: Callable[[InferRequest], Response],
+    fail: Callable[[Rejection], Response],
+    lengths: list[int] | None = None,
+) -> asyncio.Future[Response]:
+    """``infer`` for an anonymous request (no API key, nothing to admit), without a task:
+    returns a future of ``answer(done)`` (``fail(error)`` for a refusal) for the protocol to
+    wait on. ``answer`` runs on the reactor when the outputs arrive; an exception in it is the
+    protocol's 500. The same notes, client-gone and connection-lost handling as ``infer``
+    (the protocol cancels the future when the connection is lost).
+
+    The request is queued in a callback of the loop's next turn, together with every other
+    request that turn brought, not here: handlers run inside each connection's read callback,
+    and uvloop lets go of the GIL between those, so a submit from here woke the slot thread
+    once per request and batches shrank from ~34 requests to ~3 (the CPU per request rose
+    15%, docs/benchmarks.md "The inference front end"). A task per request had the same
+    effect as this callback, by accident.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Response] = loop.create_future()
+    p = _Pending(req, batcher, level, fut, answer, fail)
+    p.ireq = InferRequest(items, key, level, p.deliver, timeout_s, loop, lengths)
+    fut.add_done_callback(p.done)
+    waiting = _to_submit.get(loop)
+    if waiting is None:
+        _to_submit[loop] = waiting = []
+        loop.call_soon(_submit_queued, loop)
+    waiting.append(p)
+    return fut
+
+
 def telemetry(r: InferRequest) -> Headers:
     """Batching telemetry of the batch that took this request's first items (and, for a
     gateway model, the replica that ran it and the upstream time)."""

@@ -6,6 +6,8 @@ prompts for the request's texts; without it the model's default prompt applies.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -23,11 +25,13 @@ from infergate.engine.api.common import (
     check_texts,
     decode_json,
     infer,
+    infer_then,
     invalid,
     measured,
     priority_and_timeout,
     telemetry,
 )
+from infergate.engine.auth.keys import Key
 from infergate.engine.auth.tenants import Auth
 from infergate.engine.http.request import Request
 from infergate.engine.http.response import CONTENT_TYPE_JSON, Response, json_response, numpy_json
@@ -161,7 +165,7 @@ def embeddings_response(done: InferRequest, model: str, as_b64: bool) -> Respons
 def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None = None) -> None:
     guard = auth if auth is not None else Auth()
 
-    async def embeddings(req: Request) -> Response:
+    def embeddings(req: Request) -> Response | Awaitable[Response]:
         try:
             api_key = authenticate(req, guard)
             if len(req.body) > MAX_BODY_BYTES:
@@ -175,7 +179,8 @@ def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None
             cfg = batcher.config
             if cfg.task != "embeddings":
                 raise invalid(f"model {body.model} serves task '{cfg.task}', not embeddings")
-            if body.encoding_format not in ("float", "base64"):
+            fmt = body.encoding_format
+            if fmt not in ("float", "base64"):
                 raise invalid("encoding_format must be 'float' or 'base64'")
             dim = batcher.executor.embedding_dim() or cfg.dim
             if body.dimensions is not None and body.dimensions != dim:
@@ -189,11 +194,41 @@ def add_openai_routes(router: Router, registry: ModelRegistry, auth: Auth | None
                 cost = sum(lengths) if api_key is not None else cost
             elif api_key is not None:  # the key's item bucket counts tokens for text models
                 items, lengths, cost = measured(batcher, items)
+            answer = partial(embeddings_response, model=body.model, as_b64=fmt == "base64")
+            if api_key is None:  # nothing to admit: no coroutine, no task
+                return infer_then(
+                    req,
+                    batcher,
+                    items,
+                    EMBED_KEY,
+                    level,
+                    timeout,
+                    answer,
+                    api_error_response,
+                    lengths,
+                )
+        except HTTP_ERRORS as e:
+            return api_error_response(e)
+        return keyed(req, api_key, batcher, items, level, timeout, lengths, cost, answer)
+
+    async def keyed(
+        req: Request,
+        api_key: Key,
+        batcher: Batcher,
+        items: list[Any],
+        level: int,
+        timeout: float | None,
+        lengths: list[int] | None,
+        cost: int,
+        answer: Callable[[InferRequest], Response],
+    ) -> Response:
+        """A request under an API key: admitted (concurrency, rate limits) before it queues."""
+        try:
             level, adm = await admit(req, guard, api_key, batcher, level, cost)
             done = await infer(req, batcher, items, EMBED_KEY, level, timeout, adm, lengths)
         except HTTP_ERRORS as e:
             return api_error_response(e)
-        return embeddings_response(done, body.model, body.encoding_format == "base64")
+        return answer(done)
 
     def models(_req: Request) -> Response:
         data = [

@@ -2,9 +2,10 @@
 
 Callbacks never block: bytes are parsed, a request is dispatched to its handler, and the
 response is queued in request order. Responses produced while one ``data_received`` call is
-parsing (a pipelined burst) are joined and sent with one write. Handlers may return a response
-or an awaitable; awaitables run as one task per request and their responses still leave in
-request order.
+parsing (a pipelined burst) are joined and sent with one write. Handlers may return a response,
+an ``asyncio.Future`` of one (answered by a done callback, no task: the inference APIs' hot
+path) or another awaitable (run as one task per request); responses still leave in request
+order, and a lost connection cancels the futures and tasks of its requests.
 
 llhttp already rejects most request-smuggling vectors (CL with TE, duplicate CL, whitespace
 before a colon, obs-fold, bare CR/LF, control bytes, a TE list not ending in chunked). This
@@ -26,6 +27,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import httptools
 
@@ -73,7 +76,8 @@ class HttpProtocol(RequestIntake, asyncio.Protocol):
         RequestIntake.__init__(self, ctx)
         # per connection
         self.lingering = False
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
+        """Tasks and handler futures of this connection's requests: cancelled when it is lost."""
         self.eof_callbacks: set[Callable[[], None]] = set()
         self.eof_seen = False
 
@@ -282,6 +286,11 @@ class HttpProtocol(RequestIntake, asyncio.Protocol):
             self._pause(PAUSE_PIPELINE)
         if isinstance(result, FileResponse | StreamResponse | Response):
             self._respond(req, result)
+        elif isinstance(result, asyncio.Future):
+            slot = Slot(req, None)
+            self.pending.append(slot)
+            self.tasks.add(result)
+            result.add_done_callback(partial(self._handler_done, slot))
         else:
             slot = Slot(req, None)
             self.pending.append(slot)
@@ -299,6 +308,19 @@ class HttpProtocol(RequestIntake, asyncio.Protocol):
             _log_handler_failure(slot.req, e)
             resp = error_response(500, "internal error")
         slot.resp = resp
+        self._flush_pending()
+
+    def _handler_done(self, slot: Slot, fut: asyncio.Future[AnyResponse]) -> None:
+        """A handler's future is done: as ``_await_handler``, without a task."""
+        self.tasks.discard(fut)
+        if fut.cancelled():
+            return  # the connection was lost
+        try:
+            slot.resp = fut.result()
+        except Exception as e:
+            assert slot.req is not None
+            _log_handler_failure(slot.req, e)
+            slot.resp = error_response(500, "internal error")
         self._flush_pending()
 
     def _respond(self, req: Request | None, resp: AnyResponse) -> None:

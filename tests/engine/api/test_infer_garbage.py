@@ -7,10 +7,11 @@ import asyncio
 import gc
 from typing import cast
 
-from infergate.engine.api.common import infer
+from infergate.engine.api.common import infer, infer_then
 from infergate.engine.http.request import Request
+from infergate.engine.http.response import Response
 from infergate.engine.scheduler.batcher import Batcher
-from infergate.engine.scheduler.queues import InferRequest
+from infergate.engine.scheduler.queues import InferRequest, Rejection
 
 
 class DeliverOnTheLoop:
@@ -58,3 +59,38 @@ def test_an_answered_request_leaves_no_cyclic_garbage() -> None:
         loop.close()
     # before: one future and one request per request, in a cycle through the deliver closure
     assert leaked == []
+
+
+async def answer_then(n: int) -> None:
+    batcher = cast(Batcher, DeliverOnTheLoop())
+    for i in range(n):
+        req = Request("POST", b"/v", "/v", b"", "1.1", [], b"{}", True, None)
+        fut = infer_then(req, batcher, [f"text {i}"], "sim", 1, None, _ok, _refused)
+        resp = await fut
+        assert resp.body == b"vector"
+        assert req.notes is not None
+        assert req.notes["items"] == 1
+
+
+def _ok(done: InferRequest) -> Response:
+    return Response(done.outputs[0])
+
+
+def _refused(e: Rejection) -> Response:
+    return Response(e.reason.encode(), e.status)
+
+
+def test_an_answered_request_without_a_task_leaves_no_cyclic_garbage() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(answer_then(1))
+        gc.collect()
+        gc.disable()
+        try:
+            loop.run_until_complete(answer_then(50))
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+    finally:
+        loop.close()
+    assert unreachable == 0

@@ -41,16 +41,42 @@ async def later(req: Request) -> Response:
     return Response(b"later " + req.query)
 
 
+FUTURES: list[asyncio.Future[Response]] = []
+
+
+def promised(loop: asyncio.AbstractEventLoop) -> Callable[[Request], asyncio.Future[Response]]:
+    """A handler that answers through a future, resolved two loop turns later (as the
+    inference APIs' anonymous path, engine.api.common.infer_then)."""
+    return lambda req: _promise(loop, req)
+
+
+def _promise(loop: asyncio.AbstractEventLoop, req: Request) -> asyncio.Future[Response]:
+    fut: asyncio.Future[Response] = loop.create_future()
+    FUTURES.append(fut)
+
+    def resolve() -> None:
+        if fut.done():
+            return
+        if req.query == b"fail":
+            fut.set_exception(RuntimeError("future failure injected by the test"))
+        else:
+            fut.set_result(Response(b"promised " + req.query))
+
+    loop.call_soon(loop.call_soon, resolve)
+    return fut
+
+
 def boom(_req: Request) -> Response:
     raise RuntimeError("handler failure injected by the test")
 
 
-def make_router() -> Router:
+def make_router(loop: asyncio.AbstractEventLoop) -> Router:
     r = Router()
     r.add(["GET"], "/hello", hello)
     r.add(["GET"], "/info", info)
     r.add(["POST"], "/echo", echo)
     r.add(["GET"], "/later", later)
+    r.add(["GET"], "/promised", promised(loop))
     r.add(["GET"], "/boom", boom)
     return r
 
@@ -60,7 +86,7 @@ ConnFactory = Callable[..., Connection]
 
 @pytest.fixture
 def connect(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> ConnFactory:
-    router = make_router()
+    router = make_router(loop)
 
     def make(limits: Limits | None = None) -> Connection:
         return Connection(loop, router, executor, limits)
@@ -329,6 +355,41 @@ def test_async_response_keeps_request_order(connect: ConnFactory) -> None:
     assert bodies == [b"later first", b"hello", b"later third"]
 
 
+def test_future_responses_keep_request_order_without_a_task(connect: ConnFactory) -> None:
+    c = connect()
+    c.feed(get("/promised?first") + get("/hello") + get("/later?third") + get("/promised?4"))
+    assert c.transport.data == b""
+    assert c.protocol.tasks  # the futures and the task wait in the connection's set
+    c.settle()
+    bodies = [r.body for r in c.responses()]
+    assert bodies == [b"promised first", b"hello", b"later third", b"promised 4"]
+    assert not c.protocol.tasks
+
+
+def test_a_future_that_fails_is_500_and_the_next_request_is_answered(
+    connect: ConnFactory,
+) -> None:
+    c = connect()
+    c.feed(get("/promised?fail") + get("/promised?ok"))
+    c.settle()
+    r500, r200 = c.responses()
+    assert_json_error(r500, 500)
+    assert r200.body == b"promised ok"
+
+
+def test_connection_lost_cancels_a_handler_future(connect: ConnFactory) -> None:
+    FUTURES.clear()
+    c = connect()
+    c.feed(get("/promised?x"))
+    assert c.protocol.tasks == {FUTURES[0]}  # the future itself, no task wrapping it
+    c.transport.close()
+    c.settle()
+    [fut] = FUTURES
+    assert fut.cancelled()
+    assert c.transport.data == b""
+    assert not c.protocol.tasks
+
+
 def test_max_pipelined_pauses_and_resumes_reading(connect: ConnFactory) -> None:
     c = connect(Limits(max_pipelined=2))
     c.feed(get("/later?1") + get("/later?2") + get("/later?3"))
@@ -483,8 +544,8 @@ def test_split_points_never_change_the_output(
     case: tuple[bytes, list[int], list[bool], list[bytes]],
 ) -> None:
     stream, splits, heads, expected = case
-    router = make_router()
     lp = uvloop.new_event_loop()
+    router = make_router(lp)
     ex = ThreadPoolExecutor(max_workers=1)
     try:
         whole = Connection(lp, router, ex, SMALL)
