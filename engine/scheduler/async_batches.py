@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import threading
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import Any, cast
 
 from infergate.engine.executors.base import Executor, Outputs, RunsAsync
 from infergate.engine.scheduler.queues import Part
@@ -84,8 +84,8 @@ class AsyncBatches:
             parts, slot = starts.pop()
             items, t0 = self._begin(parts)
             try:
-                assert isinstance(self.executor, RunsAsync)
-                fut = self.executor.run_async(items, slot)
+                # cast, not isinstance: a runtime Protocol check costs ~20 µs per batch
+                fut = cast(RunsAsync, self.executor).run_async(items, slot)
             except Exception as e:
                 try:
                     self._complete(parts, slot, len(items), t0, None, e)

@@ -293,6 +293,28 @@ def test_decode_reply_orders_by_index_and_reads_base64_or_floats() -> None:
         decode_reply(b'{"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[1]}]}', 2)
 
 
+def test_decode_reply_reads_all_base64_rows_as_one_buffer_and_checks_their_sizes() -> None:
+    def body(*rows: bytes) -> bytes:
+        data = ",".join(
+            f'{{"index":{i},"embedding":"{base64.b64encode(r).decode()}"}}'
+            for i, r in reversed(list(enumerate(rows)))
+        )
+        return f'{{"data":[{data}]}}'.encode()
+
+    v = np.arange(6, dtype="<f4")
+    vectors, tokens = decode_reply(body(v[:3].tobytes(), v[3:].tobytes()), 2)
+    assert vectors.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert vectors.dtype == np.float32
+    assert vectors.flags.writeable  # a copy, not a view of the answer
+    assert tokens == 0  # no usage in the answer
+    with pytest.raises(ValueError, match="different or empty lengths"):
+        decode_reply(body(v[:3].tobytes(), v[:2].tobytes()), 2)
+    with pytest.raises(ValueError, match="not float32"):
+        decode_reply(body(b"12345"), 1)
+    with pytest.raises(ValueError, match="invalid embeddings answer"):
+        decode_reply(b'{"data":[{"index":0,"embedding":"not base64!"}]}', 1)
+
+
 # ---- the executor's run, over a fake client (no sockets) -------------------------------------
 
 
