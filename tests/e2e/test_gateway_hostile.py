@@ -139,6 +139,8 @@ class HostileReplica:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
                 )
+                if mode == "trailing-junk":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # unasked
                 await writer.drain()
                 drop_next = mode == "close-next"
         finally:
@@ -242,3 +244,15 @@ def test_a_new_connection_closed_unanswered_is_not_retried(
     assert first[0] == second[0] == "drop"
     assert second[1] > first[1]
     assert_ok(port, "after")
+
+
+def test_bytes_after_a_whole_answer_retire_the_connection(
+    setup: tuple[HostileReplica, int],
+) -> None:
+    replica, port = setup
+    assert_ok(port, "mode:trailing-junk")
+    (junk,) = replica.seen("trailing-junk")
+    assert_ok(port, "after")  # not read as the answer to the next call
+    what, conn = replica.events[-1]
+    assert what == "ok"
+    assert conn > junk  # on a new connection, whether the junk came with the answer or after

@@ -16,9 +16,10 @@ What a replica sends is bounded: the status lines and headers of an answer (1xx 
 answers included) by ``MAX_HEAD_BYTES``, the body by the pool's cap, the whole call by its
 timeout. HTTP/1.1 as a client must read it: 1xx interim answers are skipped, and an answer
 with neither ``Content-Length`` nor chunked coding ends when the replica closes the
-connection. A kept-alive connection that the replica closed while it sat idle (the close and
-our request crossed) is retried once on a fresh connection, only when no byte of the answer
-arrived: the replica closed it without reading the request, as far as HTTP can tell.
+connection; bytes after a whole answer retire the connection. A kept-alive connection that
+the replica closed while it sat idle (the close and our request crossed) is retried once on a
+fresh connection, only when no byte of the answer arrived: the replica closed it without
+reading the request, as far as HTTP can tell.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.close()  # bytes nobody asked for (after a whole answer): never reused
+            return
         self.received += len(data)
         if self.in_head:
             self.head_size += len(data)  # may include body bytes: checked once past the head
@@ -118,6 +122,9 @@ class _Conn(asyncio.Protocol):
     # ---- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.waiter is None or self.waiter.done():  # an answer after the answer
+            self.close()
+            raise ConnectionError("bytes after the answer")  # stops the parser
         self.in_head, self.delimited, self.header_length = True, False, None
 
     def on_header(self, name: bytes, value: bytes) -> None:
