@@ -5,6 +5,13 @@ round robin, to a SubReactor (``call_soon_threadsafe`` + ``connect_accepted_sock
 ``reuseport`` mode: every SubReactor accepts on its own SO_REUSEPORT socket and the kernel
 spreads connections; the MainReactor then only waits for the stop signal.
 
+Every accepted connection counts in ``limits.max_connections`` until it closes. Plain HTTP
+counts in ``HttpProtocol.connection_made``, called right after accept. With TLS uvloop calls it
+only once the handshake is over, so TLS connections are accepted by our own code in both modes
+(reuseport: a reader on the SubReactor's socket instead of ``create_server``), reserve their
+slot before ``connect_accepted_socket`` (or are closed at once, logged and counted as refused)
+and hold it through the handshake (``engine.net.tls.Handshake``).
+
 Shutdown (``MainReactor._shutdown``): ``draining`` turns True at once and, for
 ``drain_grace_ms``, everything else goes on as usual (load balancers see ``/healthz`` answer 503
 and move traffic away); then the listeners close and in-flight requests get
@@ -33,7 +40,7 @@ from infergate.engine.http.bounds import ProcessBounds
 from infergate.engine.http.protocol import HttpContext, HttpProtocol
 from infergate.engine.http.router import Router
 from infergate.engine.logutil import RateLimitedLog
-from infergate.engine.net.tls import TLS_SHUTDOWN_S, SplitWrites
+from infergate.engine.net.tls import TLS_SHUTDOWN_S, Handshake, SplitWrites
 from infergate.engine.stats import ReactorStats
 
 log = logging.getLogger("infergate.net")
@@ -83,6 +90,9 @@ class SubReactor:
         )
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        """TLS in reuseport mode: this reactor's own copy of its listener, accepted here."""
+        self._accept_paused = False
         self._tls: dict[str, Any] = {}
         if tls is not None:
             self.ctx.wrap_transport = SplitWrites
@@ -121,23 +131,73 @@ class SubReactor:
         self.loop.call_soon_threadsafe(self._adopt, socks)
 
     def _adopt(self, socks: list[socket.socket]) -> None:
+        if not self._tls:  # plain HTTP counts in connection_made, called at once
+            for sock in socks:
+                self.loop.create_task(self._connect(sock, None))
+            return
+        bounds = self.ctx.bounds
         for sock in socks:
-            self.loop.create_task(self._connect(sock))
+            if bounds.open_connection():
+                pending = Handshake(HttpProtocol(self.ctx), bounds.close_connection)
+                self.loop.create_task(self._connect(sock, pending))
+            else:  # what HttpProtocol._refuse does for plain HTTP
+                self.ctx.stats.connections_refused += 1
+                bounds.note_refused()
+                sock.close()
 
-    async def _connect(self, sock: socket.socket) -> None:
+    async def _connect(self, sock: socket.socket, pending: Handshake | None) -> None:
+        """Hand ``sock`` to uvloop; ``pending``: TLS, the handshake holding its slot."""
         try:
-            await self.loop.connect_accepted_socket(self._factory, sock, **self._tls)
+            if pending is None:
+                await self.loop.connect_accepted_socket(self._factory, sock)
+            else:
+                await self.loop.connect_accepted_socket(lambda: pending, sock, **self._tls)
         except OSError as e:  # TLS: a failed or timed-out handshake (uvloop closed the socket)
             log.debug("dropping a connection that failed before its first request: %s", e)
             sock.close()
+        finally:
+            if pending is not None:
+                pending.give_back()  # a no-op if the handshake finished
+
+    def _on_acceptable(self) -> None:
+        """TLS in reuseport mode: accept on this reactor's listener."""
+        listener = self._listener
+        if listener is None:
+            return
+        socks, error = accept_burst(listener)
+        if error is not None:
+            self.loop.remove_reader(listener.fileno())
+            self._accept_paused = True
+            self.loop.call_later(ACCEPT_BACKOFF_S, self._resume_accept)
+        if socks:
+            self._adopt(socks)
+
+    def _resume_accept(self) -> None:
+        listener = self._listener
+        if self._accept_paused and listener is not None:
+            self._accept_paused = False
+            self.loop.add_reader(listener.fileno(), self._on_acceptable)
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            if not self._accept_paused:
+                self.loop.remove_reader(listener.fileno())
+            listener.close()
 
     def serve_reuseport(self, sock: socket.socket) -> None:
-        """Accept on ``sock`` (an SO_REUSEPORT listener) in this reactor. Thread-safe; blocks."""
+        """Accept on ``sock`` (an SO_REUSEPORT listener) in this reactor. Thread-safe; blocks.
+
+        TLS: accepted by ``_on_acceptable`` on a copy of ``sock`` (closing ``sock`` from another
+        thread cannot pull it from under this loop; ``drain`` closes the copy)."""
 
         async def serve() -> None:
-            self._server = await self.loop.create_server(
-                self._factory, sock=sock, backlog=4096, **self._tls
-            )
+            if self._tls:
+                self._listener = sock.dup()
+                self._listener.setblocking(False)
+                self.loop.add_reader(self._listener.fileno(), self._on_acceptable)
+                return
+            self._server = await self.loop.create_server(self._factory, sock=sock, backlog=4096)
 
         asyncio.run_coroutine_threadsafe(serve(), self.loop).result()
 
@@ -154,6 +214,7 @@ class SubReactor:
         ctx.shutting_down = True
         if self._server is not None:
             self._server.close()
+        self._close_listener()
         ctx.all_closed = asyncio.Event()
         for conn in list(ctx.connections):
             conn.begin_shutdown()
@@ -191,6 +252,9 @@ class SubReactor:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
+        if self._listener is not None:  # stopped without a drain
+            self._listener.close()
+            self._listener = None
 
 
 class MainReactor:
@@ -339,29 +403,12 @@ class MainReactor:
         subs = self.subs
         n = len(subs)
         batches: list[list[socket.socket]] = [[] for _ in range(n)]
-        for _ in range(ACCEPT_BURST):
-            try:
-                conn, _addr = listener.accept()
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno in _RESOURCE_ERRNOS:
-                    accept_log.warning(
-                        "accept",
-                        "accept paused for %.1fs: %s (descriptor limit reached? see "
-                        "limits.max_connections)",
-                        ACCEPT_BACKOFF_S,
-                        e.strerror,
-                    )
-                    self.loop.remove_reader(listener.fileno())
-                    self._accept_paused = True
-                    self.loop.call_later(ACCEPT_BACKOFF_S, self._resume_accept)
-                    break
-                if e.errno == errno.ECONNABORTED:
-                    continue
-                raise
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks, error = accept_burst(listener)
+        if error is not None:
+            self.loop.remove_reader(listener.fileno())
+            self._accept_paused = True
+            self.loop.call_later(ACCEPT_BACKOFF_S, self._resume_accept)
+        for conn in socks:
             batches[self._next].append(conn)
             self._next = (self._next + 1) % n
         for sub, batch in zip(subs, batches, strict=True):
@@ -373,6 +420,35 @@ class MainReactor:
         if self._accept_paused and not self._stop.is_set():
             self._accept_paused = False
             self.loop.add_reader(self.listeners[0].fileno(), self._on_acceptable)
+
+
+def accept_burst(listener: socket.socket) -> tuple[list[socket.socket], OSError | None]:
+    """Accept up to ``ACCEPT_BURST`` connections from ``listener`` (non-blocking) and return
+    them (non-blocking, TCP_NODELAY), with the error if descriptors or memory ran out: then it
+    is logged (rate-limited) and the caller pauses accepting for ``ACCEPT_BACKOFF_S``."""
+    socks: list[socket.socket] = []
+    for _ in range(ACCEPT_BURST):
+        try:
+            conn, _addr = listener.accept()
+        except BlockingIOError:
+            break
+        except OSError as e:
+            if e.errno in _RESOURCE_ERRNOS:
+                accept_log.warning(
+                    "accept",
+                    "accept paused for %.1fs: %s (descriptor limit reached? see "
+                    "limits.max_connections)",
+                    ACCEPT_BACKOFF_S,
+                    e.strerror,
+                )
+                return socks, e
+            if e.errno == errno.ECONNABORTED:
+                continue
+            raise
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(conn)
+    return socks, None
 
 
 def open_listeners(host: str, port: int, count: int, reuseport: bool) -> list[socket.socket]:

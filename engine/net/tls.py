@@ -175,6 +175,42 @@ def _reason(e: Exception) -> str:
     return str(reason).lower().replace("_", " ") if reason else str(e)
 
 
+class Handshake(asyncio.Protocol):
+    """Stands in for the HTTP protocol while a TLS handshake runs, so that the connection holds
+    its slot in ``limits.max_connections`` from accept (the reactor reserved it) and not only
+    from ``connection_made``, which uvloop calls once the handshake is over.
+
+    At ``connection_made`` the slot is given back, the transport is switched to the HTTP
+    protocol (``set_protocol``: later callbacks go straight to it) and the HTTP protocol's
+    ``connection_made`` counts the connection again, as for plain HTTP. Between the two another
+    sub-reactor may take the slot: then this connection is refused after its handshake; the
+    count never exceeds the cap. A handshake that fails or times out never reaches
+    ``connection_made`` (uvloop calls no protocol method then): the reactor calls ``give_back``
+    when ``connect_accepted_socket`` ends. ``give_back`` releases at most once.
+    """
+
+    __slots__ = ("_inner", "_release")
+
+    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def give_back(self) -> None:
+        """Release the reserved slot, if not done yet."""
+        release = self._release
+        if release is not None:
+            self._release = None
+            release()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.give_back()
+        transport.set_protocol(self._inner)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.give_back()
+
+
 class SplitWrites(asyncio.Transport):
     """uvloop's SSL transport, with large writes handed over in ``WRITE_CHUNK`` pieces.
 

@@ -25,7 +25,7 @@ from tests.support.certs import (
     presented_name,
     tls_1_1_client,
 )
-from tests.support.client import DEFAULT_TIMEOUT, HOST, RawConnection
+from tests.support.client import DEFAULT_TIMEOUT, HOST, RawConnection, metric
 from tests.support.server import REPO_ROOT, ServerProcess
 from tests.support.wait import wait_until
 
@@ -98,6 +98,37 @@ def test_old_protocols_plain_http_and_silent_clients_are_refused(
             assert raw.recv(100) == b""  # no ClientHello: closed at the 300 ms handshake limit
         with TlsConnection(s.port, certs.ca) as c:
             assert c.request("GET", "/healthz").status == 200
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "handoff"])
+def test_silent_tls_clients_count_in_the_connection_cap(
+    tmp_path: Path, certs: Certs, mode: str
+) -> None:
+    """Two clients that never send a ClientHello fill ``max_connections = 2``: the third (accepted
+    after them: one sub-reactor, one accept queue) is closed at once, not at the 60 s handshake
+    limit (the 10 s socket timeout would raise first); it is logged and counted."""
+    top = f'accept_mode = "{mode}"\n[limits]\nmax_connections = 2\nheader_timeout_ms = 60000'
+    with ServerProcess(_config(tmp_path, certs, top)) as s:
+        silent = [socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT)]
+        silent.append(socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT))
+        try:
+            with socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT) as extra:
+                assert extra.recv(100) == b""
+        finally:
+            for c in silent:
+                c.close()
+
+        def scrape() -> str | None:  # refused until the server has seen both leave
+            try:
+                with TlsConnection(s.port, certs.ca) as c:
+                    r = c.request("GET", "/metrics", headers=[("Connection", "close")])
+                    return r.body.decode() if r.status == 200 else None
+            except (ConnectionError, ssl.SSLError):
+                return None
+
+        text = wait_until(scrape, DEFAULT_TIMEOUT, "an HTTPS scrape is served")
+        assert metric(text, "infergate_connections_refused_total") >= 1
+        assert "refusing new connections: 2 open, limits.max_connections = 2" in s.log_text()
 
 
 def test_sighup_serves_a_new_certificate_to_new_connections(tmp_path: Path, certs: Certs) -> None:

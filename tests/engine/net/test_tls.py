@@ -1,6 +1,6 @@
 """TLS at the reactor seam: real SubReactors on 127.0.0.1 with certificates made by ``openssl``
-(``tests.support.certs``), in both accept paths (``connect_accepted_socket`` for hand-off,
-``create_server`` for reuseport and the admin listener)."""
+(``tests.support.certs``), in both accept modes (hand-off: sockets accepted elsewhere and
+adopted; reuseport: the SubReactor accepts on its own listener, as for the admin listener)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def live(tmp_path: Path, certs: Certs) -> Certs:
 
 
 class Serving:
-    """One SubReactor serving TLS: ``handoff`` adopts accepted sockets, ``reuseport`` runs
-    ``create_server`` on the listener."""
+    """One SubReactor serving TLS: ``handoff`` adopts accepted sockets, ``reuseport`` accepts
+    on the listener itself (``serve_reuseport``)."""
 
     def __init__(self, tls: ServerTls, mode: str, limits: Limits) -> None:
         router = Router()
@@ -189,6 +189,52 @@ def test_a_client_that_never_says_hello_is_closed_at_the_handshake_timeout(
     s = _serve(serve, ServerTls(str(certs.cert_a), str(certs.key_a)), mode, header_timeout_ms=300)
     with socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT) as raw:
         assert raw.recv(100) == b""  # the socket timeout (10 s) would raise instead
+
+
+def test_handshakes_count_in_max_connections_from_accept(
+    serve: list[Serving], mode: str, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients that never send a ClientHello hold a slot from accept: at the cap the next one
+    is closed at once (long before the 60 s handshake limit, and the 10 s socket timeout
+    would raise instead), logged and counted; once they leave, HTTPS is served again."""
+    tls = ServerTls(str(certs.cert_a), str(certs.key_a))
+    s = _serve(serve, tls, mode, max_connections=2, header_timeout_ms=60_000)
+    bounds = s.sub.ctx.bounds
+    silent = [socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT) for _ in range(2)]
+    try:
+        wait_until(lambda: bounds.connections == 2, DEFAULT_TIMEOUT, "both handshakes counted")
+        with (
+            caplog.at_level(logging.WARNING, "infergate.http"),
+            socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT) as extra,
+        ):
+            assert extra.recv(100) == b""  # refused: closed at once
+        wait_until(lambda: s.sub.stats.connections_refused, DEFAULT_TIMEOUT, "a refusal counted")
+        assert s.sub.stats.connections_refused == 1
+        assert "refusing new connections: 2 open, limits.max_connections = 2" in caplog.text
+        assert bounds.connections == 2
+    finally:
+        for c in silent:
+            c.close()
+    wait_until(lambda: bounds.connections == 0, DEFAULT_TIMEOUT, "the silent clients' slots freed")
+    with TlsConnection(s.port, certs.ca) as c:
+        assert c.request("GET", "/hello").body == b"hello"
+        assert bounds.connections == 1  # counted once, through the handshake and after it
+    wait_until(lambda: bounds.connections == 0, DEFAULT_TIMEOUT, "the HTTPS client's slot freed")
+
+
+def test_a_failed_handshake_gives_its_slot_back(
+    serve: list[Serving], mode: str, certs: Certs
+) -> None:
+    s = _serve(serve, ServerTls(str(certs.cert_a), str(certs.key_a)), mode, max_connections=1)
+    bounds = s.sub.ctx.bounds
+    for _ in range(3):  # each would be refused if a slot leaked
+        with socket.create_connection((HOST, s.port), timeout=DEFAULT_TIMEOUT) as raw:
+            raw.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")  # not a ClientHello
+            assert raw.recv(100) == b""
+        wait_until(lambda: bounds.connections == 0, DEFAULT_TIMEOUT, "the slot given back")
+    with TlsConnection(s.port, certs.ca) as c:
+        assert c.request("GET", "/hello").body == b"hello"
+    assert s.sub.stats.connections_refused == 0
 
 
 def test_sighup_reload_serves_new_connections_and_keeps_open_ones(
