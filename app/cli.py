@@ -13,10 +13,10 @@ from infergate.app import keys_cli
 from infergate.app.config import ConfigError, LoadedConfig, load_config
 from infergate.app.runtime import JsonFormatter, ServerView, reload_batching, tune_gc
 from infergate.engine import __version__
-from infergate.engine.auth.tenants import AuthConfigError
+from infergate.engine.auth.tenants import Auth, AuthConfigError
 from infergate.engine.executors.base import ExecutorError
 from infergate.engine.models.repository import RepositoryError, check_repository, describe_entry
-from infergate.engine.net.tls import TlsError
+from infergate.engine.net.tls import ServerTls, TlsError
 from infergate.engine.server import Server
 
 log = logging.getLogger("infergate")
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-config",
         action="store_true",
-        help="validate the config and the whole model repository without loading any model, "
-        "and exit (0 if valid, 2 if not)",
+        help="validate the config, the TLS certificate and key, the API keys file and the whole "
+        "model repository without loading any model, and exit (0 if valid, 2 if not)",
     )
     p.add_argument("--version", action="version", version=f"infergate {__version__}")
     return p
@@ -137,16 +137,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_config(loaded: LoadedConfig) -> int:
-    """``--check-config``: the config has validated; check every model of the repository too
-    (each ``model.toml``, each model file, each ONNX graph's tensors) without loading any."""
+    """``--check-config``: the config has validated; load the TLS certificate and key and the
+    API keys file as start-up does (``ServerTls.from_config``, ``Auth.from_config``), and check
+    every model of the repository (each ``model.toml``, each model file, each ONNX graph's
+    tensors) without loading any. Each problem is printed, naming its file; exit 2 if any."""
+    cfg = loaded.server
+    problems: list[str] = []
+    try:
+        tls = ServerTls.from_config(cfg, loaded.base_dir)
+        if tls is not None:
+            print(f"TLS OK: {tls.cert_file} with {tls.key_file}")
+    except TlsError as e:
+        problems.append(str(e))
+    try:
+        auth = Auth.from_config(cfg.auth, loaded.base_dir)
+        auth.close()
+        if auth.keys_file:
+            print(f"API keys OK: {auth.keys_file} ({len(auth.keys.names())} key(s))")
+    except AuthConfigError as e:
+        problems.append(str(e))
     if loaded.model_repository is not None:
         try:
-            lines = check_repository(loaded.model_repository)
+            for line in check_repository(loaded.model_repository):
+                print(f"model {line}")
         except RepositoryError as e:
-            print(f"infergate: model repository {loaded.model_repository}:\n{e}", file=sys.stderr)
-            return 2
-        for line in lines:
-            print(f"model {line}")
+            problems.append(f"model repository {loaded.model_repository}:\n{e}")
+    for problem in problems:
+        print(f"infergate: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"config OK: {loaded.source}")
     return 0
 

@@ -48,12 +48,8 @@ class Server:
         self, config: ServerConfig, static_root: str | None = None, base_dir: str = "."
     ) -> None:
         self.config = config
-        self.tls: ServerTls | None = None  # HTTPS (engine.net.tls); TlsError names a bad file
-        if config.tls_cert_file:
-            self.tls = ServerTls(
-                os.path.join(base_dir, config.tls_cert_file),
-                os.path.join(base_dir, config.tls_key_file),
-            )
+        # HTTPS (engine.net.tls); TlsError names a bad file
+        self.tls: ServerTls | None = ServerTls.from_config(config, base_dir)
         public_tls = self.tls.context if self.tls else None
         self.scheme = "https" if self.tls else "http"
         self.admin_scheme = "https" if config.admin_tls else "http"

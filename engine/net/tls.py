@@ -24,6 +24,8 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from infergate.engine.config import ServerConfig
+
 log = logging.getLogger("infergate.tls")
 
 TLS_SHUTDOWN_S = 3.0
@@ -113,6 +115,18 @@ class ServerTls:
         log.info("TLS: serving %s (sha256 %s...)", cert_file, fingerprint(cert_file))
         if os.stat(key_file).st_mode & 0o004:
             log.warning("TLS: the key %s is readable by every user; chmod 600 it", key_file)
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, base_dir: str) -> ServerTls | None:
+        """The pair ``tls_cert_file`` / ``tls_key_file`` of ``config`` (relative to
+        ``base_dir``), or None when they are not set: what start-up and ``--check-config``
+        load. Raises TlsError (see ``server_context``)."""
+        if not config.tls_cert_file:
+            return None
+        return cls(
+            os.path.join(base_dir, config.tls_cert_file),
+            os.path.join(base_dir, config.tls_key_file),
+        )
 
     def _pick(
         self, obj: ssl.SSLObject | ssl.SSLSocket, _name: str | None, ctx: ssl.SSLContext
