@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from infergate.engine.api.common import infer, infer_then
@@ -39,26 +40,30 @@ async def answer(n: int) -> None:
         assert req.notes["items"] == 1
 
 
-def test_an_answered_request_leaves_no_cyclic_garbage() -> None:
+def leaked_by(run: Callable[[int], Awaitable[None]]) -> list[object]:
+    """The futures and requests that ``run(50)`` left as cyclic garbage (only those: other
+    threads of the suite may make garbage meanwhile)."""
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(answer(1))  # imports and first-call caches
+        loop.run_until_complete(run(1))  # imports and first-call caches
         gc.collect()
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds, to look at it
         try:
-            loop.run_until_complete(answer(50))
+            loop.run_until_complete(run(50))
             gc.collect()
-            # only this test's requests: other threads of the suite may make garbage meanwhile
-            leaked = [o for o in gc.garbage if isinstance(o, InferRequest | asyncio.Future)]
+            return [o for o in gc.garbage if isinstance(o, InferRequest | asyncio.Future)]
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
     finally:
         loop.close()
+
+
+def test_an_answered_request_leaves_no_cyclic_garbage() -> None:
     # before: one future and one request per request, in a cycle through the deliver closure
-    assert leaked == []
+    assert leaked_by(answer) == []
 
 
 async def answer_then(n: int) -> None:
@@ -81,16 +86,4 @@ def _refused(e: Rejection) -> Response:
 
 
 def test_an_answered_request_without_a_task_leaves_no_cyclic_garbage() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(answer_then(1))
-        gc.collect()
-        gc.disable()
-        try:
-            loop.run_until_complete(answer_then(50))
-            unreachable = gc.collect()
-        finally:
-            gc.enable()
-    finally:
-        loop.close()
-    assert unreachable == 0
+    assert leaked_by(answer_then) == []
