@@ -25,21 +25,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from infergate.engine.api.common import (
-    MAX_INPUT_CHARS,
-    MAX_REQUEST_CHARS,
-    check_texts,
-    invalid,
-)
+from infergate.engine.api.common import check_texts, invalid
 from infergate.engine.api.kserve_codec import OutputTensor, OutputWanted, Tensors
 from infergate.engine.api.openai import EMBED_KEY
 from infergate.engine.api.text import (
     CLASSIFY_KEY,
     MAX_RERANK_DOCUMENTS,
     RERANK_KEY,
+    check_pair_chars,
+    check_tokens,
 )
 from infergate.engine.executors.spec import InputError, ModelSpec, TensorSpec
-from infergate.engine.models.text import TextPreparer, Tokens
+from infergate.engine.models.text import TextPreparer
 from infergate.engine.scheduler.batcher import Batcher
 
 TEXT_TASKS = ("embeddings", "rerank", "classify")
@@ -127,7 +124,7 @@ def text_items(b: Batcher, tensors: Tensors) -> TextItems:
         t0 = time.perf_counter()
         tokens = executor.prepare(texts)
         tokenize_s = time.perf_counter() - t0
-        _check_content(tokens, "TEXT")
+        check_tokens(tokens, "TEXT")
         return TextItems(list(tokens), CLASSIFY_KEY, [len(t) for t in tokens], tokenize_s)
     pairs = _pairs(strings(tensors, "QUERY"), strings(tensors, "DOCUMENT"))
     t0 = time.perf_counter()
@@ -150,24 +147,11 @@ def _pairs(queries: list[str], docs: list[str]) -> list[tuple[str, str]]:
         )
     if len(docs) > MAX_RERANK_DOCUMENTS:
         raise invalid(f"at most {MAX_RERANK_DOCUMENTS} documents per request, got {len(docs)}")
-    for name, texts in (("QUERY", queries), ("DOCUMENT", docs)):
-        for i, t in enumerate(texts):
-            if len(t) > MAX_INPUT_CHARS:
-                raise invalid(f"{name}[{i}] is longer than {MAX_INPUT_CHARS} characters")
+    check_texts(queries, "QUERY")
+    check_texts(docs, "DOCUMENT")
     pairs = [(queries[0 if len(queries) == 1 else i], d) for i, d in enumerate(docs)]
-    total = sum(len(q) + len(d) for q, d in pairs)
-    if total > MAX_REQUEST_CHARS:
-        raise invalid(
-            f"the request carries {total} characters (a query counts once per document); at "
-            f"most {MAX_REQUEST_CHARS} per request: split the documents into several requests"
-        )
+    check_pair_chars(sum(len(q) + len(d) for q, d in pairs))
     return pairs
-
-
-def _check_content(tokens: list[Tokens], name: str) -> None:
-    for i, t in enumerate(tokens):
-        if t.content == 0:
-            raise invalid(f"{name}[{i}] tokenises to nothing (no token besides special ones)")
 
 
 def text_answer(task: str, outputs: list[Any], wanted: list[OutputWanted]) -> list[OutputTensor]:

@@ -108,16 +108,21 @@ def parse_rerank(body: RerankBody) -> tuple[str, list[str], int, bool]:
     if len(body.query) > MAX_INPUT_CHARS:
         raise invalid(f"query is longer than {MAX_INPUT_CHARS} characters ({len(body.query)})")
     check_texts(docs, "documents")
-    total = len(body.query) * len(docs) + sum(len(d) for d in docs)
+    check_pair_chars(len(body.query) * len(docs) + sum(len(d) for d in docs))
+    top_n = _optional_int(body.top_n, "top_n", 1, len(docs)) or len(docs)
+    if not isinstance(body.return_documents, bool):
+        raise invalid("return_documents must be true or false")
+    return body.query, docs, top_n, body.return_documents
+
+
+def check_pair_chars(total: int) -> None:
+    """A rerank request's size in characters, each (query, document) pair counted whole: the
+    query is tokenised and computed once per document."""
     if total > MAX_REQUEST_CHARS:
         raise invalid(
             f"the request carries {total} characters (the query counts once per document); at "
             f"most {MAX_REQUEST_CHARS} per request: split the documents into several requests"
         )
-    top_n = _optional_int(body.top_n, "top_n", 1, len(docs)) or len(docs)
-    if not isinstance(body.return_documents, bool):
-        raise invalid("return_documents must be true or false")
-    return body.query, docs, top_n, body.return_documents
 
 
 def parse_classify(body: ClassifyBody) -> list[str]:
