@@ -158,8 +158,7 @@ class BatchUpstreamExecutor(UpstreamExecutor):
         """Outputs for ``items`` (the client loop thread)."""
 
     def run(self, items: list[Any], slot: int) -> Outputs:
-        result: Outputs = self.client.submit(self.arun(items, slot)).result()
-        return result
+        return self.run_async(items, slot).result()
 
     def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
         return self.client.submit(self.arun(items, slot))
