@@ -12,12 +12,14 @@ Usage: ``flock /tmp/infergate-bench.lock .venv/bin/python bench/gateway_trace.py
 (N requests, default 300; UPSTREAM=minilm|sim; BASE_US for sim, default 0).
 
 The steps (functions wrapped in the gateway process):
-A ``Batcher.submit`` (the reactor has parsed and validated the request), B ``run_async``
-called (the batch was taken under the lock) and B2 returned (the coroutine is scheduled on the
-upstream loop), C ``arun`` starts on that loop, D the request is written, E the first bytes
-of the answer arrive, G ``arun`` returns (answer parsed, vectors decoded), H the Batcher's
-callback starts and I ends (recorded, delivered with one ``call_soon_threadsafe``), J the
-reactor runs the delivery (then encodes and writes the answer).
+P the API layer queues the request (``infer_then``: the reactor has read, parsed and validated
+it), A ``Batcher.submit`` (on the loop's next turn), B ``run_async``
+called (the batch was taken under the lock) and B2 returned (the call is a task on the
+reactor's loop), C ``arun`` starts, D the request is written, E the first bytes of the answer
+arrive, G ``arun`` returns (answer parsed, vectors decoded), H the Batcher's callback starts
+and I ends (recorded, delivered with one ``call_soon`` on the same loop), J the reactor runs
+the delivery, K-L it encodes the answer's JSON (``embeddings_response``), then
+the protocol writes it and the client reads it.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ import gateway_bench as gb  # the bench folder is not a package
 
 N = int(os.environ.get("N", "300"))
 WARMUP = 20
+STEPS = ["P", "A", "B", "B2", "C", "D", "E", "G", "H", "I", "J", "K", "L"]
 BODY = b'{"model": "minilm", "input": "The quick brown fox jumps over the lazy dog."}'
 
 
 def child(trace: str) -> None:
     """Run ``infergate.app`` with the steps wrapped; events go to ``trace``."""
+    from infergate.engine.api import openai as api
     from infergate.engine.executors.upstream import executor, lean, openai
     from infergate.engine.scheduler import batcher
 
@@ -79,6 +83,7 @@ def child(trace: str) -> None:
 
         setattr(obj, name, w)
 
+    wrap(api, "infer_then", "P")
     wrap(batcher.Batcher, "submit", "A")
     wrap(executor.BatchUpstreamExecutor, "run_async", "B", "B2")
     awrap(openai.OpenAIEmbeddingsExecutor, "arun", "C", "G")
@@ -86,6 +91,7 @@ def child(trace: str) -> None:
     wrap(lean._Conn, "data_received", "E")
     wrap(batcher.Batcher, "_finish", "H", "I")
     wrap(batcher, "_deliver_all", "J")
+    wrap(api, "embeddings_response", "K", "L")
     sys.argv = ["infergate.app", *sys.argv[2:]]
     runpy.run_module("infergate.app", run_name="__main__")
 
@@ -134,7 +140,7 @@ def main() -> None:
     steps: dict[str, list[float]] = defaultdict(list)
     for t0, t1 in marks[WARMUP:]:
         seq = [(t, v) for t, v in events if t0 <= v <= t1]
-        if [t for t, _ in seq] != ["A", "B", "B2", "C", "D", "E", "G", "H", "I", "J"]:
+        if [t for t, _ in seq] != STEPS:
             continue  # the answer came in several reads, or the trace was not flushed yet
         prev_t, prev = "send", t0
         for t, v in seq:

@@ -4,6 +4,7 @@ need to know about the model (its ``ModelSpec``: inputs, outputs, batch limits).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -117,16 +118,18 @@ class Executor(abc.ABC):
 
 @runtime_checkable
 class RunsAsync(Protocol):
-    """An executor whose batches run on an event loop of its own (gateway executors): the
-    Batcher starts a batch from whichever thread finds work and a free slot, and finishes it
-    in the future's callback, with no slot thread blocked in between."""
+    """An executor whose batches run on an event loop (gateway executors): the Batcher starts
+    a batch from whichever thread finds work and a free slot, and finishes it in the
+    future's callback, with no slot thread blocked in between."""
 
     instances: int
 
-    def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
-        """Start ``run(items, slot)``; the future's callbacks run on the executor's loop
-        thread. Thread-safe; never blocks. Slot ``slot`` is this batch's until the future
-        is done (``last_call(slot)`` is read in its callback)."""
+    def run_async(self, items: list[Any], slot: int) -> asyncio.Future[Outputs] | Future[Outputs]:
+        """Start ``run(items, slot)``: on the calling thread's loop if it runs one the
+        executor may use (an ``asyncio`` task), else on a loop of the executor's own (a
+        ``concurrent.futures`` future); the callbacks run on the loop that runs it.
+        Thread-safe; never blocks. Slot ``slot`` is this batch's until the future is done
+        (``last_call(slot)`` is read in its callback)."""
         ...
 
 

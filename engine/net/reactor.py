@@ -40,6 +40,7 @@ from infergate.engine.http.bounds import ProcessBounds
 from infergate.engine.http.protocol import HttpContext, HttpProtocol
 from infergate.engine.http.router import Router
 from infergate.engine.logutil import RateLimitedLog
+from infergate.engine.net import lent
 from infergate.engine.net.tls import TLS_SHUTDOWN_S, Handshake, SplitWrites
 from infergate.engine.stats import ReactorStats
 
@@ -110,9 +111,11 @@ class SubReactor:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._ready.set)
         self.loop.call_soon(self._tick)
+        lent.lend(self.loop)  # the gateway's upstream calls run here (engine/net/lent.py)
         try:
             self.loop.run_forever()
         finally:
+            self.loop.run_until_complete(lent.reclaim(self.loop))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 

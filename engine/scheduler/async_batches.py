@@ -14,6 +14,7 @@ the window timer's due time; queueing, batch decisions (``_take``) and a batch's
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from concurrent.futures import CancelledError, Future
@@ -96,13 +97,18 @@ class AsyncBatches:
             fut.add_done_callback(functools.partial(self._finish, parts, slot, len(items), t0))
 
     def _finish(
-        self, parts: list[Part], slot: int, n: int, t0: float, fut: Future[Outputs]
+        self,
+        parts: list[Part],
+        slot: int,
+        n: int,
+        t0: float,
+        fut: asyncio.Future[Outputs] | Future[Outputs],
     ) -> None:
         """``_start``'s callback: record the batch, deliver it, free the slot, start more."""
         try:
             try:
                 outputs, error = fut.result(), None
-            except (Exception, CancelledError) as e:
+            except (Exception, CancelledError, asyncio.CancelledError) as e:
                 outputs, error = None, e
             self._complete(parts, slot, n, t0, outputs, error)
         except Exception:

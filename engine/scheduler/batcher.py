@@ -522,14 +522,18 @@ def _used_per_level(parts: list[Part], levels: int, seconds: float) -> list[floa
 
 
 def _deliver(reqs: list[InferRequest]) -> None:
-    """Hand finished requests back, one ``call_soon_threadsafe`` per event loop."""
+    """Hand finished requests back, one ``call_soon_threadsafe`` per event loop (``call_soon``
+    for the loop running here: a gateway's batch finishes on a reactor's loop)."""
     by_loop: dict[asyncio.AbstractEventLoop | None, list[InferRequest]] = defaultdict(list)
     for req in reqs:
         by_loop[req.loop].append(req)
+    here = asyncio.events._get_running_loop()
     for loop, group in by_loop.items():
         if loop is None:
             for req in group:
                 req.deliver(req)
+        elif loop is here:
+            loop.call_soon(_deliver_all, group)
         else:
             try:
                 loop.call_soon_threadsafe(_deliver_all, group)

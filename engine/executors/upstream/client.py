@@ -1,23 +1,26 @@
-"""The HTTP side of gateway mode: one event loop thread per model, owning every upstream socket.
+"""The HTTP side of gateway mode: a model's client loop thread, its health checks and calls.
 
 Embeddings and tensor calls (``apost``) run on the lean keep-alive client of ``lean.py``:
-the Batcher starts them on this loop (``submit``) and they finish in their future's callback,
-with no thread blocked in between; ``post`` is the same call for a thread that may block
+the Batcher starts them (``begin``) on the loop of the reactor that starts the batch, with
+that loop's pool (``pools.py``: no thread hand-off), or on this model's own loop when no
+reactor's loop runs on the starting thread, and they finish in their future's callback with
+no thread blocked in between; ``post`` is the same call for a thread that may block
 (start-up, probes). Generate calls (``stream``) and the health checks use one aiohttp
-``ClientSession`` per model (``iter_any()`` relays a streamed body as it arrives); the pool's
-``limit_per_host`` (``max_inflight`` + 1 for the health check) bounds its connections to
-each replica. The sub-reactors' loops never touch upstream sockets.
+``ClientSession`` per model on its own loop (``iter_any()`` relays a streamed body as it
+arrives); the pool's ``limit_per_host`` (``max_inflight`` + 1 for the health check) bounds
+its connections to each replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,7 @@ from infergate.engine.executors.upstream.errors import (
     upstream_error,
 )
 from infergate.engine.executors.upstream.lean import ConnectFailed, LeanPool, TooLarge
+from infergate.engine.executors.upstream.pools import LoopPools
 from infergate.engine.executors.upstream.relay import Head, Relay, RelayClosed
 from infergate.engine.executors.upstream.replicas import Replica, ReplicaSet
 
@@ -101,6 +105,11 @@ class UpstreamClient:
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
         self._lean: LeanPool | None = None
+        """The pool of this model's own loop (calls started off the reactors)."""
+        self.pools = LoopPools(model, cfg.connect_timeout_ms / 1000, MAX_REPLY_BYTES)
+        """The pools on the reactors' loops (calls started there)."""
+        self._waits: concurrent.futures.ThreadPoolExecutor | None = None
+        """Threads for a call that must wait for a replica (``_acquire``)."""
         self._health_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle (the loading thread) ------------------------------------------------------
@@ -109,6 +118,10 @@ class UpstreamClient:
         """Start the loop thread and open the session."""
         loop = uvloop.new_event_loop()
         self._loop = loop
+        self._waits = concurrent.futures.ThreadPoolExecutor(
+            max(1, len(self.replicas.replicas) * self.cfg.max_inflight),
+            thread_name_prefix=f"upstream-wait-{self.model}",
+        )
         self._thread = threading.Thread(
             target=loop.run_forever, name=f"upstream-{self.model}", daemon=True
         )
@@ -124,7 +137,11 @@ class UpstreamClient:
         self.submit(self._start_health_loop()).result(START_TIMEOUT_S)
 
     def close(self) -> None:
-        """Stop the health checks, close the session and the pool, stop the loop thread."""
+        """Close the reactors' pools; stop the health checks, close the session and the
+        pool, stop the loop thread. Blocks (bounded); not from a reactor's thread."""
+        self.pools.close()
+        if self._waits is not None:
+            self._waits.shutdown(wait=False, cancel_futures=True)
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -195,7 +212,7 @@ class UpstreamClient:
             return replica
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, functools.partial(self.replicas.acquire, tried, self._request_s)
+            self._waits, functools.partial(self.replicas.acquire, tried, self._request_s)
         )
 
     async def _attempt(
@@ -298,6 +315,12 @@ class UpstreamClient:
         self.replicas.release(replica, latency_s=seconds)
         return UpstreamReply(url, 200, b"", seconds)
 
+    def begin(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | Future[Any]:
+        """Start a call: on the calling reactor's loop (``pools.py``), or else on this
+        model's loop. Its future's callbacks run on the loop that runs it. Thread-safe."""
+        task = self.pools.start(coro)
+        return task if task is not None else self.submit(coro)
+
     def submit(self, coro: Any) -> Future[Any]:
         """Run ``coro`` on the loop thread. Thread-safe."""
         loop = self._loop
@@ -338,10 +361,16 @@ class UpstreamClient:
     async def _send(
         self, method: str, base: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> tuple[int, bytes, int | None]:
-        """One call on the lean pool (``lean.py``), its errors as the aiohttp path's."""
-        assert self._lean is not None
+        """One call on the running loop's lean pool (``lean.py``), its errors as the aiohttp
+        path's."""
+        lean = self.pools.here()
+        if lean is None:
+            if asyncio.get_running_loop() is not self._loop:
+                raise _NotSent("the reactor running this call is stopping")
+            lean = self._lean
+        assert lean is not None
         try:
-            return await self._lean.request(base, method, path, body, headers, self._request_s)
+            return await lean.request(base, method, path, body, headers, self._request_s)
         except ConnectFailed as e:
             raise _NotSent(str(e)) from e
         except TooLarge as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import time
 from concurrent.futures import Future
@@ -148,17 +149,18 @@ class UpstreamExecutor(Executor):
 
 
 class BatchUpstreamExecutor(UpstreamExecutor):
-    """An upstream executor whose batch is one coroutine (``arun``) on the client loop:
-    ``run_async`` lets the Batcher start it from the submitting thread and finish it in the
-    loop's callback (two thread hand-offs per request: reactor -> client loop -> reactor);
-    ``run`` blocks a thread on it (probes, tests)."""
+    """An upstream executor whose batch is one coroutine (``arun``): ``run_async`` lets the
+    Batcher start it on the loop of the reactor that starts the batch and finish it in the
+    task's callback there, with no thread hand-off (``pools.py``; off the reactors, on the
+    client loop); ``run`` blocks a thread on it (probes, tests)."""
 
     @abc.abstractmethod
     async def arun(self, items: list[Any], slot: int) -> Outputs:
         """Outputs for ``items`` (the client loop thread)."""
 
-    def run(self, items: list[Any], slot: int) -> Outputs:
-        return self.run_async(items, slot).result()
+    def run_async(self, items: list[Any], slot: int) -> asyncio.Future[Outputs] | Future[Outputs]:
+        return self.client.begin(self.arun(items, slot))
 
-    def run_async(self, items: list[Any], slot: int) -> Future[Outputs]:
-        return self.client.submit(self.arun(items, slot))
+    def run(self, items: list[Any], slot: int) -> Outputs:
+        out: Outputs = self.client.submit(self.arun(items, slot)).result()
+        return out

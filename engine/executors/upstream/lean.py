@@ -8,9 +8,10 @@ connections kept alive to a few known replicas. This module does just that on as
 protocols with httptools' response parser (the same parser the server side uses). aiohttp
 still makes the streamed generate calls (relayed chunk by chunk) and the health checks.
 
-Only the client loop thread uses a pool. A replica's connections are bounded by the calls the
-ReplicaSet lets it have in flight (``max_inflight``): a connection is taken for one call and
-put back when its answer was read whole and the server keeps it alive.
+A pool belongs to one loop (a reactor's or the model's client loop: ``pools.py``). A
+replica's connections in a pool are bounded by the calls the ReplicaSet lets it have in flight
+(``max_inflight``): a connection is taken for one call and put back when its answer was read
+whole and the server keeps it alive.
 
 What a replica sends is bounded: the status lines and headers of an answer (1xx interim
 answers included) by ``MAX_HEAD_BYTES``, the body by the pool's cap, the whole call by its
@@ -28,7 +29,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -169,6 +170,7 @@ class _Conn(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._fail(ConnectionAbortedError("the gateway closed the connection (shutting down)"))
         if self.transport is not None:
             self.transport.close()
 
@@ -203,12 +205,16 @@ class _Replica:
 
 
 class LeanPool:
-    """Keep-alive connections to replicas, by base URL. The client loop thread only."""
+    """Keep-alive connections to replicas, by base URL. Its loop's thread only."""
 
     def __init__(self, connect_timeout_s: float, cap: int) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.cap = cap
         self._replicas: dict[str, _Replica] = {}
+        self._busy: set[_Conn] = set()
+        """Connections with a call in flight."""
+        self.calls: set[asyncio.Task[Any]] = set()
+        """The calls running on this pool's loop (kept by ``pools.LoopPools``)."""
 
     async def request(
         self,
@@ -243,24 +249,26 @@ class LeanPool:
         conn = await self._take(r)  # bounded by the connect timeout
         async with asyncio.timeout(timeout_s):
             try:
-                return await self._once(r, conn, head, body)
+                return await self._once(r, conn, head, body, self._busy)
             except ClosedUnanswered:
                 if conn.calls < 2:
                     raise  # a fresh connection: the replica may have read the request
             # A kept-alive connection closed with no byte of the answer: the replica closed
             # it while idle, as our request crossed its close. Once more, on a new one.
-            return await self._once(r, await self._connect(r), head, body)
+            return await self._once(r, await self._connect(r), head, body, self._busy)
 
     @staticmethod
     async def _once(
-        r: _Replica, conn: _Conn, head: bytes, body: bytes | None
+        r: _Replica, conn: _Conn, head: bytes, body: bytes | None, busy: set[_Conn]
     ) -> tuple[int, bytes, int | None]:
         """One call on ``conn``; kept alive after a whole answer if the replica allows."""
         ok = False
+        busy.add(conn)
         try:
             answer = await conn.call(head, body)
             ok = True
         finally:
+            busy.discard(conn)
             if ok and not conn.closed and conn.keep_alive:
                 conn.idle_since = time.monotonic()
                 r.idle.append(conn)
@@ -289,7 +297,17 @@ class LeanPool:
         return proto
 
     def close(self) -> None:
+        """Close every connection: idle ones, and busy ones (their calls fail at once)."""
         for r in self._replicas.values():
             for conn in r.idle:
                 conn.close()
             r.idle.clear()
+        for conn in list(self._busy):
+            conn.close()
+
+    async def aclose(self, timeout_s: float) -> None:
+        """``close``, then wait (at most ``timeout_s``) for the calls running on this loop
+        to end, so that their batches are answered before the loop stops."""
+        self.close()
+        if self.calls:
+            await asyncio.wait(list(self.calls), timeout=timeout_s)

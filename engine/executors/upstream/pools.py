@@ -1,0 +1,102 @@
+"""Where a model's batched upstream calls run: on the loop of the reactor that starts them.
+
+A call started on a sub-reactor's thread (the usual case: the reactor that queued the request
+finds a free slot and starts the batch) runs on that reactor's loop, with that loop's
+keep-alive pool (``lean.py``): the request's bytes are read, sent upstream, answered and
+written back by one thread, with no hand-off (docs/benchmarks.md, "Concurrency 1"). A call
+started where no reactor's loop runs (the deadline thread ending a window) runs on the
+model's own client loop (``client.py``) and its pool.
+
+Bounds: a replica never has more than ``max_inflight`` calls in flight (its ReplicaSet), so a
+loop's pool holds at most ``max_inflight`` connections to it; all pools together at most
+(reactors + 1) x ``max_inflight``.
+
+Lifecycle (``engine/net/lent.py``): a reactor lends its loop; a pool is registered there on
+first use. A reactor that stops closes its pool (calls still in flight fail as the
+connections close, and their batches are answered before the loop ends); a model that closes
+first closes every reactor's pool on its loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from infergate.engine.executors.upstream.lean import LeanPool
+from infergate.engine.net import lent
+
+log = logging.getLogger("infergate.upstream")
+
+CLOSE_WAIT_S = 5.0
+"""Bound on waiting for a loop to close its pool (and for its calls to end)."""
+
+
+class LoopPools:
+    """One model's lean pools on the reactors' loops. Thread-safe."""
+
+    def __init__(self, model: str, connect_timeout_s: float, cap: int) -> None:
+        self.model = model
+        self.connect_timeout_s = connect_timeout_s
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._pools: dict[asyncio.AbstractEventLoop, LeanPool] = {}
+        """Pools by loop (written under the lock; read without it)."""
+        self._closed = False
+
+    def new_pool(self) -> LeanPool:
+        return LeanPool(self.connect_timeout_s, self.cap)
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        """Run ``coro`` (a call) on the calling thread's loop, if a reactor lent it; None if
+        this thread runs no such loop (``coro`` is untouched: run it elsewhere)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._open(loop)
+            if pool is None:
+                return None
+        task = loop.create_task(coro)
+        pool.calls.add(task)
+        task.add_done_callback(pool.calls.discard)
+        return task
+
+    def here(self) -> LeanPool | None:
+        """The running loop's pool (None on a loop that has none: the client's own)."""
+        return self._pools.get(asyncio.get_running_loop())
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> LeanPool | None:
+        with self._lock:
+            if self._closed or not lent.register(loop, self, lambda: self._reclaim(loop)):
+                return None
+            pool = self._pools[loop] = self.new_pool()
+            return pool
+
+    async def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The reactor of ``loop`` stops (on ``loop``): close its pool."""
+        with self._lock:
+            pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.aclose(CLOSE_WAIT_S)
+
+    def close(self) -> None:
+        """Close every reactor's pool, each on its loop (the model closes). Blocks, bounded
+        by ``CLOSE_WAIT_S`` per loop; not from a reactor's thread."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = self._pools, {}
+        for loop, pool in pools.items():
+            if not lent.forget(loop, self):
+                continue  # that reactor is stopping and closes the pool itself
+            try:
+                done = asyncio.run_coroutine_threadsafe(pool.aclose(CLOSE_WAIT_S), loop)
+                done.result(CLOSE_WAIT_S + 1)
+            except (RuntimeError, concurrent.futures.TimeoutError) as e:
+                log.warning("model %s: a reactor's upstream pool did not close: %r",
+                            self.model, e)  # fmt: skip
