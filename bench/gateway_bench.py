@@ -258,22 +258,6 @@ def merging(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(str(x) for x in r) + " |")
-    # What the c=1 target means on this machine: a plain reverse proxy in front of the same
-    # upstream, measured right after, between two more direct runs.
-    ng = start_nginx(procs, tmp, up)
-    runs = {"direct": [wrk(up, 1, lua)], "gateway": [wrk(gw, 1, lua)], "nginx": []}
-    runs["nginx"].append(wrk(ng, 1, lua))
-    runs["direct"].append(wrk(up, 1, lua))
-    runs["gateway"].append(wrk(gw, 1, lua))
-    runs["nginx"].append(wrk(ng, 1, lua))
-    base = statistics.mean(r[1] for r in runs["direct"])
-    print("\n### Concurrency 1: added p50, the gateway vs nginx (`proxy_pass`, keep-alive)\n")
-    print("| path | p50 ms (two runs) | added p50 µs (vs the mean direct p50) |")
-    print("|---|---:|---:|")
-    for name, rs in runs.items():
-        p50s = ", ".join(f"{r[1]:.2f}" for r in rs)
-        added = ", ".join(f"{(r[1] - base) * 1000:+.0f}" for r in rs)
-        print(f"| {name} | {p50s} | {added} |")
 
 
 def passthrough(procs: Procs, tmp: Path, lua: Path, stream_port: int) -> None:

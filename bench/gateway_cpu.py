@@ -1,10 +1,13 @@
 """CPU per request of each gateway thread (not a test): the pass-through setup of
-``gateway_bench.py`` (zero-latency sim upstream on core 0, the gateway and wrk on core 1), one
-wrk run, then every thread's CPU time (``/proc/PID/task/*/stat``) over that run divided by the
-requests it served, with the thread names from ``py-spy dump``.
+``gateway_bench.py`` (sim upstream on core 0, the gateway and wrk on core 1), one wrk run,
+then every thread's CPU time over that run divided by the requests it served, with the thread
+names from ``py-spy dump``. CPU time is the scheduler's own count (``/proc/PID/task/*/
+schedstat``, nanoseconds): the tick-sampled ``stat`` fields misattribute short bursts that
+start with a timer, as every request does at concurrency 1 behind a sleeping simulator.
 
 Usage: ``flock /tmp/infergate-bench.lock .venv/bin/python bench/gateway_cpu.py``
-(POLICY, INFLIGHT, CONNS, DURATION: default off, 64, 64, 5).
+(POLICY, INFLIGHT, CONNS, DURATION, BASE_US: default off, 64, 64, 5, 0; concurrency 1 behind
+a 12 ms upstream: ``POLICY=adaptive INFLIGHT=1 CONNS=1 BASE_US=12000``).
 """
 
 from __future__ import annotations
@@ -23,16 +26,14 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of ``pid``, by thread id."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds of every thread of ``pid``, by thread id."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            ns = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]
         except OSError:
             continue  # the thread ended
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        out[int(tid)] = int(ns) / 1e9
     return out
 
 
@@ -49,10 +50,12 @@ def main() -> None:
     policy = os.environ.get("POLICY", "off")
     inflight = int(os.environ.get("INFLIGHT", "64"))
     conns = int(os.environ.get("CONNS", "64"))
+    base_us = int(os.environ.get("BASE_US", "0"))
     with tempfile.TemporaryDirectory() as tmp:
         procs = gb.Procs(tmp)
         try:
-            up = procs.infergate("sim", gb.SIM_UPSTREAM, core=0)
+            sim = gb.SIM_UPSTREAM.replace("base_us = 0", f"base_us = {base_us}")
+            up = procs.infergate("sim", sim, core=0)
             config = gb.GATEWAY.format(port=up, policy=policy, inflight=inflight, stream_port=up)
             gw = procs.infergate("gw", config, core=1)
             lua = Path(tmp) / "body.lua"

@@ -4,7 +4,9 @@ client on core 1 sending one sentence at a time, interleaving three paths:
 
 - ``direct``: the client's body straight to the upstream;
 - ``direct-as-gw``: the body the gateway sends upstream (a one-item list, base64);
-- ``gateway``: the client's body through the gateway.
+- ``gateway``: the client's body through the gateway;
+- ``nginx``: the client's body through nginx (``proxy_pass`` with upstream keep-alive, on the
+  gateway's core), what a plain reverse proxy adds on this machine (the target's yardstick).
 
 Per path: p50 / p90 of the round trip at the client, and of the telemetry headers (the
 upstream's ``X-Infergate-Compute-Us``/``-Queue-Us``; through the gateway its
@@ -58,6 +60,7 @@ def main() -> None:
                 "direct": (up, CLIENT_BODY),
                 "direct-as-gw": (up, GATEWAY_BODY),
                 "gateway": (gw, CLIENT_BODY),
+                "nginx": (gb.start_nginx(procs, Path(tmp), up), CLIENT_BODY),
             }
             conns = {k: http.client.HTTPConnection("127.0.0.1", p) for k, (p, _) in paths.items()}
             rtt: dict[str, list[float]] = {k: [] for k in paths}
@@ -79,14 +82,16 @@ def main() -> None:
                         if v is not None:
                             hdr[k][h].append(float(v))
             print(f"load average {os.getloadavg()}; N={N} per path\n")
-            print("| path | p50 µs | p90 µs | mean µs | headers (p50 µs) |")
-            print("|---|---:|---:|---:|---|")
+            print("| path | p50 µs | p90 µs | mean µs | added p50 µs | headers (p50 µs) |")
+            print("|---|---:|---:|---:|---:|---|")
+            base = _pct(rtt["direct"], 0.5)
             for k in paths:
                 hs = ", ".join(
                     f"{h[12:]} {statistics.median(v):.0f}" for h, v in hdr[k].items() if v
                 )
-                print(f"| {k} | {_pct(rtt[k], 0.5):.0f} | {_pct(rtt[k], 0.9):.0f} | "
-                      f"{statistics.mean(rtt[k]):.0f} | {hs} |")  # fmt: skip
+                p50 = _pct(rtt[k], 0.5)
+                print(f"| {k} | {p50:.0f} | {_pct(rtt[k], 0.9):.0f} | "
+                      f"{statistics.mean(rtt[k]):.0f} | {p50 - base:+.0f} | {hs} |")  # fmt: skip
         finally:
             procs.stop()
 
