@@ -21,13 +21,14 @@ from concurrent.futures import CancelledError, Future
 from typing import Any, cast
 
 from infergate.engine.executors.base import Executor, Outputs, RunsAsync
-from infergate.engine.scheduler.queues import Part
+from infergate.engine.scheduler.queues import SHUTTING_DOWN, Part, Rejection
 
 
 class AsyncBatches:
     """Starting and finishing batches of a ``RunsAsync`` executor (see the module doc)."""
 
     executor: Executor
+    name: str
     _async: bool
     _closed: bool
     _cond: threading.Condition
@@ -106,10 +107,16 @@ class AsyncBatches:
     ) -> None:
         """``_start``'s callback: record the batch, deliver it, free the slot, start more."""
         try:
+            error: BaseException | None = None
+            outputs = None
             try:
-                outputs, error = fut.result(), None
-            except (Exception, CancelledError, asyncio.CancelledError) as e:
-                outputs, error = None, e
+                outputs = fut.result()
+            except (CancelledError, asyncio.CancelledError):  # given up at a reactor's stop
+                error = Rejection(
+                    503, SHUTTING_DOWN, f"model {self.name}: the call was cancelled", 1.0
+                )
+            except Exception as e:
+                error = e
             self._complete(parts, slot, n, t0, outputs, error)
         except Exception:
             self._strand(parts)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import threading
@@ -36,7 +35,7 @@ from infergate.engine.executors.upstream.errors import (
     unavailable,
     upstream_error,
 )
-from infergate.engine.executors.upstream.lean import ConnectFailed, LeanPool, TooLarge
+from infergate.engine.executors.upstream.lean import ConnectFailed, LeanPool, PoolClosed, TooLarge
 from infergate.engine.executors.upstream.pools import LoopPools
 from infergate.engine.executors.upstream.relay import Head, Relay, RelayClosed
 from infergate.engine.executors.upstream.replicas import Replica, ReplicaSet
@@ -210,10 +209,21 @@ class UpstreamClient:
         replica = self.replicas.try_acquire(tried)
         if replica is not None:
             return replica
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._waits, functools.partial(self.replicas.acquire, tried, self._request_s)
-        )
+        try:
+            assert self._waits is not None
+            waiting = self._waits.submit(self.replicas.acquire, tried, self._request_s)
+        except RuntimeError:  # the threads were shut down: the model is closing
+            raise unavailable(f"model {self.model} is closing") from None
+        try:
+            return await asyncio.wrap_future(waiting)
+        except asyncio.CancelledError:
+            # the wait goes on on its thread: a replica it reserves after all is given back
+            waiting.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, waiting: Future[Replica]) -> None:
+        if not waiting.cancelled() and waiting.exception() is None:
+            self.replicas.release(waiting.result(), counted=False)
 
     async def _attempt(
         self,
@@ -231,6 +241,9 @@ class UpstreamClient:
         except _NotSent as e:
             self.replicas.release(replica, failure=f"connect: {e}")
             raise
+        except PoolClosed as e:  # our own shutdown: not the replica's failure, not retried
+            self.replicas.release(replica, counted=False)
+            raise unavailable(f"replica {url}: {e}", url) from None
         except ReplyTooLarge as e:
             self.replicas.release(replica, failure=str(e))
             raise UpstreamError(502, UPSTREAM_ERROR, f"replica {url}: {e}", replica=url) from None
@@ -242,6 +255,9 @@ class UpstreamClient:
         except (aiohttp.ClientError, OSError) as e:
             self.replicas.release(replica, failure=f"{type(e).__name__}: {e}")
             raise unavailable(f"replica {url} failed: {type(e).__name__}: {e}", url) from e
+        except asyncio.CancelledError:  # the gateway gave the call up (shutting down)
+            self.replicas.release(replica, counted=False)
+            raise
         except BaseException:
             self.replicas.release(replica, failure="internal error")
             raise
@@ -366,7 +382,7 @@ class UpstreamClient:
         lean = self.pools.here()
         if lean is None:
             if asyncio.get_running_loop() is not self._loop:
-                raise _NotSent("the reactor running this call is stopping")
+                raise PoolClosed("the reactor running this call is stopping")
             lean = self._lean
         assert lean is not None
         try:

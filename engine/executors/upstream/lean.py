@@ -38,6 +38,10 @@ IDLE_S = 30.0
 """An idle connection older than this is closed instead of reused."""
 MAX_HEAD_BYTES = 64 * 1024
 """Largest status lines + headers of one answer (1xx interim answers included)."""
+UNWIND_S = 0.1
+"""``aclose``: how long failed calls get to unwind before the others are cancelled."""
+CANCEL_WAIT_S = 1.0
+"""``aclose``: how long cancelled calls get to unwind."""
 
 
 class ConnectFailed(Exception):
@@ -54,6 +58,11 @@ class HeadTooLarge(TooLarge):
 
 class ClosedUnanswered(ConnectionResetError):
     """The replica closed the connection before any byte of the answer."""
+
+
+class PoolClosed(Exception):
+    """The pool was closed under the call (its reactor stops, or its model closes): not the
+    replica's fault."""
 
 
 class _Conn(asyncio.Protocol):
@@ -170,9 +179,13 @@ class _Conn(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        self._fail(ConnectionAbortedError("the gateway closed the connection (shutting down)"))
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self, e: Exception) -> None:
+        """Fail the call in flight with ``e`` and close the connection."""
+        self._fail(e)
+        self.close()
 
     async def call(self, head: bytes, body: bytes | None) -> tuple[int, bytes, int | None]:
         assert self.transport is not None
@@ -215,6 +228,7 @@ class LeanPool:
         """Connections with a call in flight."""
         self.calls: set[asyncio.Task[Any]] = set()
         """The calls running on this pool's loop (kept by ``pools.LoopPools``)."""
+        self.closed = False
 
     async def request(
         self,
@@ -230,6 +244,7 @@ class LeanPool:
 
         Raises:
             ConnectFailed: no connection (nothing was sent).
+            PoolClosed: the pool was closed before or during the call.
             TimeoutError: no whole answer within ``timeout_s`` (the connection is closed).
             TooLarge: the answer passed the cap, or its heads ``MAX_HEAD_BYTES``
                 (``HeadTooLarge``; the connection is closed).
@@ -249,27 +264,26 @@ class LeanPool:
         conn = await self._take(r)  # bounded by the connect timeout
         async with asyncio.timeout(timeout_s):
             try:
-                return await self._once(r, conn, head, body, self._busy)
+                return await self._once(r, conn, head, body)
             except ClosedUnanswered:
                 if conn.calls < 2:
                     raise  # a fresh connection: the replica may have read the request
             # A kept-alive connection closed with no byte of the answer: the replica closed
             # it while idle, as our request crossed its close. Once more, on a new one.
-            return await self._once(r, await self._connect(r), head, body, self._busy)
+            return await self._once(r, await self._connect(r), head, body)
 
-    @staticmethod
     async def _once(
-        r: _Replica, conn: _Conn, head: bytes, body: bytes | None, busy: set[_Conn]
+        self, r: _Replica, conn: _Conn, head: bytes, body: bytes | None
     ) -> tuple[int, bytes, int | None]:
         """One call on ``conn``; kept alive after a whole answer if the replica allows."""
         ok = False
-        busy.add(conn)
+        self._busy.add(conn)
         try:
             answer = await conn.call(head, body)
             ok = True
         finally:
-            busy.discard(conn)
-            if ok and not conn.closed and conn.keep_alive:
+            self._busy.discard(conn)
+            if ok and not conn.closed and conn.keep_alive and not self.closed:
                 conn.idle_since = time.monotonic()
                 r.idle.append(conn)
             else:
@@ -277,6 +291,8 @@ class LeanPool:
         return answer
 
     async def _take(self, r: _Replica) -> _Conn:
+        if self.closed:
+            raise _closed()
         now = time.monotonic()
         while r.idle:
             conn = r.idle.pop()
@@ -294,20 +310,36 @@ class LeanPool:
                 )
         except (OSError, TimeoutError) as e:
             raise ConnectFailed(f"cannot connect to {r.host}:{r.port}: {e or 'timed out'}") from e
+        if self.closed:  # closed while connecting: never kept
+            proto.close()
+            raise _closed()
         return proto
 
     def close(self) -> None:
-        """Close every connection: idle ones, and busy ones (their calls fail at once)."""
+        """Close every connection: idle ones, and busy ones (their calls fail at once with
+        ``PoolClosed``); calls that have no connection yet fail when they would get one."""
+        self.closed = True
         for r in self._replicas.values():
             for conn in r.idle:
                 conn.close()
             r.idle.clear()
         for conn in list(self._busy):
-            conn.close()
+            conn.abort(_closed())
 
-    async def aclose(self, timeout_s: float) -> None:
-        """``close``, then wait (at most ``timeout_s``) for the calls running on this loop
-        to end, so that their batches are answered before the loop stops."""
+    async def aclose(self) -> None:
+        """``close``; the calls on a connection fail at once (``UNWIND_S`` to unwind), those
+        with none yet (connecting, or waiting for a replica) are cancelled; both end before
+        this returns (bounded by ``CANCEL_WAIT_S``), so that their batches are answered
+        before the loop stops."""
         self.close()
-        if self.calls:
-            await asyncio.wait(list(self.calls), timeout=timeout_s)
+        if not self.calls:
+            return
+        _, pending = await asyncio.wait(list(self.calls), timeout=UNWIND_S)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+
+
+def _closed() -> PoolClosed:
+    return PoolClosed("the gateway closed this call's connections (shutting down)")

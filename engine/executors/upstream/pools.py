@@ -12,27 +12,32 @@ loop's pool holds at most ``max_inflight`` connections to it; all pools together
 (reactors + 1) x ``max_inflight``.
 
 Lifecycle (``engine/net/lent.py``): a reactor lends its loop; a pool is registered there on
-first use. A reactor that stops closes its pool (calls still in flight fail as the
-connections close, and their batches are answered before the loop ends); a model that closes
-first closes every reactor's pool on its loop.
+first use. A reactor that stops closes its pool before its loop ends (``LeanPool.aclose``):
+a call on a connection fails at once (502 ``upstream_unavailable``, not counted against the
+replica), one still connecting or waiting for a replica is cancelled (503
+``shutting_down``), and either way its batch is answered. A model that closes first closes
+every reactor's pool on its loop; one closing while a reactor reclaims leaves the pool to that
+reactor's closer, which holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
-from infergate.engine.executors.upstream.lean import LeanPool
+from infergate.engine.executors.upstream.lean import CANCEL_WAIT_S, UNWIND_S, LeanPool
 from infergate.engine.net import lent
 
 log = logging.getLogger("infergate.upstream")
 
-CLOSE_WAIT_S = 5.0
-"""Bound on waiting for a loop to close its pool (and for its calls to end)."""
+CLOSE_WAIT_S = UNWIND_S + CANCEL_WAIT_S + 1.0
+"""Bound on waiting for the reactors to close their pools (``LeanPool.aclose``)."""
 
 
 class LoopPools:
@@ -73,30 +78,41 @@ class LoopPools:
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> LeanPool | None:
         with self._lock:
-            if self._closed or not lent.register(loop, self, lambda: self._reclaim(loop)):
+            if self._closed:
                 return None
-            pool = self._pools[loop] = self.new_pool()
+            pool = self.new_pool()
+            # the closer holds the pool itself: a model closing while the reactor reclaims
+            # (``forget`` then says False) leaves it to this closer, which still has it
+            if not lent.register(loop, self, functools.partial(self._reclaim, loop, pool)):
+                return None
+            self._pools[loop] = pool
             return pool
 
-    async def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _reclaim(self, loop: asyncio.AbstractEventLoop, pool: LeanPool) -> None:
         """The reactor of ``loop`` stops (on ``loop``): close its pool."""
         with self._lock:
-            pool = self._pools.pop(loop, None)
-        if pool is not None:
-            await pool.aclose(CLOSE_WAIT_S)
+            if self._pools.get(loop) is pool:
+                del self._pools[loop]
+        await pool.aclose()
 
     def close(self) -> None:
-        """Close every reactor's pool, each on its loop (the model closes). Blocks, bounded
-        by ``CLOSE_WAIT_S`` per loop; not from a reactor's thread."""
+        """Close every reactor's pool, each on its loop, all at once (the model closes).
+        Blocks, bounded by ``CLOSE_WAIT_S``; not from a reactor's thread."""
         with self._lock:
             self._closed = True
             pools, self._pools = self._pools, {}
+        closing = []
         for loop, pool in pools.items():
             if not lent.forget(loop, self):
-                continue  # that reactor is stopping and closes the pool itself
+                continue  # that reactor is stopping: its closer closes the pool
             try:
-                done = asyncio.run_coroutine_threadsafe(pool.aclose(CLOSE_WAIT_S), loop)
-                done.result(CLOSE_WAIT_S + 1)
+                closing.append(asyncio.run_coroutine_threadsafe(pool.aclose(), loop))
+            except RuntimeError:  # the loop closed since: its reactor reclaimed the pool
+                continue
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for done in closing:
+            try:
+                done.result(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, concurrent.futures.TimeoutError) as e:
                 log.warning("model %s: a reactor's upstream pool did not close: %r",
                             self.model, e)  # fmt: skip

@@ -222,17 +222,25 @@ class ReplicaSet:
         return pick
 
     def release(
-        self, replica: Replica, *, latency_s: float | None = None, failure: str | None = None
+        self,
+        replica: Replica,
+        *,
+        latency_s: float | None = None,
+        failure: str | None = None,
+        counted: bool = True,
     ) -> None:
         """End a call reserved by ``acquire``. Thread-safe.
 
         ``failure`` (a short description) counts towards ejection; otherwise ``latency_s``
         (the call succeeded) or neither (the replica answered, e.g. a 4xx, but the call did
-        not succeed) resets the replica's consecutive-failure count.
+        not succeed) resets the replica's consecutive-failure count. Not ``counted``: the
+        gateway ended the call itself (shutting down), which says nothing about the replica.
         """
         with self._cond:
             replica.inflight -= 1
-            if failure is not None:
+            if not counted:
+                pass
+            elif failure is not None:
                 self._record_failure(replica, failure)
             else:
                 replica.requests += 1

@@ -15,7 +15,7 @@ from infergate.engine.config import BatchingConfig, ModelConfig
 from infergate.engine.executors.base import Executor, Outputs, RunsAsync, UpstreamCall
 from infergate.engine.executors.upstream.errors import UPSTREAM_UNAVAILABLE, unavailable
 from infergate.engine.scheduler.batcher import Batcher
-from infergate.engine.scheduler.queues import InferRequest
+from infergate.engine.scheduler.queues import SHUTTING_DOWN, InferRequest, Rejection
 
 WAIT_S = 10.0
 
@@ -198,3 +198,20 @@ def test_a_batch_running_at_close_is_delivered() -> None:
     assert not closer.is_alive()
     assert done.is_set()
     assert req.outputs == ["A"]
+
+
+def test_a_cancelled_call_answers_its_requests_503_shutting_down() -> None:
+    ex = FakeAsyncUpstream(instances=1)
+    b = make(ex, BatchingConfig(policy="off"))
+    try:
+        done = threading.Event()
+        req = request(["a"], done)
+        b.submit(req)
+        _, _, fut = ex.next_started()
+        assert fut.cancel()  # what a stopping reactor does to a call it gives up
+        assert done.wait(WAIT_S)
+        assert isinstance(req.error, Rejection)
+        assert (req.error.status, req.error.reason) == (503, SHUTTING_DOWN)
+        assert req.error.retry_after == 1.0
+    finally:
+        b.close()

@@ -18,6 +18,7 @@ import pytest
 from infergate.engine.config import Limits, UpstreamConfig
 from infergate.engine.executors.upstream.client import UpstreamClient
 from infergate.engine.executors.upstream.errors import UpstreamError
+from infergate.engine.executors.upstream.lean import LeanPool, PoolClosed
 from infergate.engine.executors.upstream.replicas import ReplicaSet
 from infergate.engine.http.bounds import ProcessBounds
 from infergate.engine.http.router import Router
@@ -38,6 +39,8 @@ class Replica:
         self.opened = 0
         self.closed = 0
         self.requests = 0
+        self._open: set[asyncio.BaseTransport] = set()
+        self._all_closed: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -52,6 +55,7 @@ class Replica:
                 self.transport = transport
                 self.buf = b""
                 replica.opened += 1
+                replica._open.add(transport)
 
             def data_received(self, data: bytes) -> None:
                 self.buf += data
@@ -67,18 +71,24 @@ class Replica:
 
             def connection_lost(self, exc: Exception | None) -> None:
                 replica.closed += 1
+                replica._open.discard(self.transport)
+                if not replica._open and replica._all_closed is not None:
+                    replica._all_closed.set()
 
         return await asyncio.get_running_loop().create_server(Conn, "127.0.0.1", 0)
 
-    def stop(self) -> None:
-        async def close() -> None:
-            self._server.close()
-            self._server.close_clients()  # type: ignore[attr-defined]
+    async def _shutdown(self) -> None:
+        """Stop listening, close what is still open, and wait until it has closed."""
+        self._server.close()
+        self._all_closed = asyncio.Event()
+        for transport in list(self._open):
+            transport.close()
+        if self._open:
+            await asyncio.wait_for(self._all_closed.wait(), WAIT_S)
+        await self._server.wait_closed()
 
-        if hasattr(self._server, "close_clients"):
-            asyncio.run_coroutine_threadsafe(close(), self.loop).result(WAIT_S)
-        else:
-            self.loop.call_soon_threadsafe(self._server.close)
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(WAIT_S + 1)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(WAIT_S)
         self.loop.close()
@@ -219,3 +229,87 @@ def test_only_a_lent_loop_takes_registrations() -> None:
         assert not lent.forget(loop, "owner")
     finally:
         loop.close()
+
+
+def test_a_model_closing_while_a_reactor_reclaims_its_loop_still_closes_its_pool(
+    replica: Replica,
+) -> None:
+    limits = Limits()
+    files = ThreadPoolExecutor(1)
+    sub = SubReactor(0, Router(), limits, files, bounds=ProcessBounds(limits))
+    sub.start()
+    reclaiming = threading.Event()
+    release: asyncio.Future[None] = sub.loop.create_future()
+
+    async def earlier_owner() -> None:  # another model's pool, still closing
+        reclaiming.set()
+        await release
+
+    assert lent.register(sub.loop, "earlier", earlier_owner)
+    client = make_client(replica.url)
+    stopper = threading.Thread(target=sub.stop)
+    try:
+        assert begin_on(sub, client).result(WAIT_S)[1] == 200
+        stopper.start()
+        assert reclaiming.wait(WAIT_S)
+        client.close()  # the reactor already holds this model's closer: close leaves it
+        sub.loop.call_soon_threadsafe(release.set_result, None)
+        stopper.join(WAIT_S)
+        wait_until(lambda: replica.closed == 1, WAIT_S, "the replica sees the connection end")
+    finally:
+        if not release.done():
+            sub.loop.call_soon_threadsafe(release.set_result, None)
+        stopper.join(WAIT_S)
+        files.shutdown()
+
+
+def test_a_stopping_reactor_cancels_a_call_that_waits_for_a_replica(replica: Replica) -> None:
+    limits = Limits()
+    files = ThreadPoolExecutor(1)
+    sub = SubReactor(0, Router(), limits, files, bounds=ProcessBounds(limits))
+    sub.start()
+    cfg = UpstreamConfig(max_inflight=1, request_timeout_ms=30_000, health_interval_ms=60_000)
+    client = UpstreamClient("m", ReplicaSet([replica.url], 1, 3, 5.0, 60.0), cfg, "/")
+    client.start()
+    replica.hang = True
+    try:
+        holding = client.begin(_call(client))  # on the model's loop: the only slot, unanswered
+        wait_until(lambda: replica.requests == 1, WAIT_S, "the first call reaches the replica")
+        waiting = begin_on(sub, client)  # on the reactor: waits for the slot on a thread
+        sub.stop()
+        with pytest.raises(asyncio.CancelledError):
+            waiting.result(0)  # answered before the reactor's loop closed
+        assert not holding.done()
+    finally:
+        sub.stop()
+        files.shutdown()
+        client.close()  # fails the first call; the wait then takes the slot and gives it back
+    wait_until(
+        lambda: client.replicas.replicas[0].inflight == 0, WAIT_S, "no slot kept by the wait"
+    )
+
+
+async def test_a_pool_closed_while_connecting_closes_the_new_connection(
+    replica: Replica,
+) -> None:
+    pool = LeanPool(5.0, 1024)
+    call = asyncio.create_task(pool.request(replica.url, "POST", "/", b"{}", {}, 5.0))
+    await asyncio.sleep(0)  # the call is connecting
+    pool.close()
+    with pytest.raises(PoolClosed):
+        await call
+    await asyncio.to_thread(
+        wait_until, lambda: replica.closed == 1, WAIT_S, "the replica sees the connection end"
+    )
+    assert replica.requests == 0
+
+
+def test_a_call_that_must_wait_after_the_model_closed_is_refused(replica: Replica) -> None:
+    cfg = UpstreamConfig(max_inflight=1, health_interval_ms=60_000)
+    client = UpstreamClient("m", ReplicaSet([replica.url], 1, 3, 5.0, 60.0), cfg, "/")
+    client.start()
+    assert client.replicas.try_acquire() is not None  # the replica is full
+    client.close()
+    with pytest.raises(UpstreamError) as info:
+        asyncio.run(client.apost("/", b"{}"))
+    assert (info.value.status, info.value.message) == (502, "model m is closing")
