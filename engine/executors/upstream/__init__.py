@@ -1,7 +1,8 @@
 """Gateway mode: executors whose model runs on upstream servers (replicas) over HTTP.
 
-``replicas.py`` routes and ejects, ``client.py`` owns the event loop thread and aiohttp
-session, ``executor.py`` is the shared executor; ``openai.py`` the embeddings executor,
+``replicas.py`` routes and ejects, ``client.py`` owns the model's event loop thread and
+aiohttp session, ``pools.py`` the keep-alive pools on the reactors' loops, ``lean.py`` the
+client those use, ``executor.py`` is the shared executor; ``openai.py`` the embeddings executor,
 ``generate.py`` chat/completions (relayed through ``relay.py``), ``kserve.py`` tensors.
 """
 

@@ -46,8 +46,9 @@ class UpstreamExecutor(Executor):
     """An executor whose ``run`` is an HTTP call to one of several replicas.
 
     Slots = replicas x ``max_inflight``: the Batcher never runs more calls than the replicas
-    may take at once, and requests beyond wait in its priority queues. ``run`` (one slot
-    thread each) blocks on the client loop thread (see ``client.py``); ``load``/``close`` run
+    may take at once, and requests beyond wait in its priority queues. A batch runs on the
+    loop of the reactor that starts it, or the client loop (``client.py``, ``pools.py``); a
+    generate call's slot thread blocks on the client loop; ``load``/``close`` run
     on the thread that loads the registry; ``describe``/``replica_stats`` from any thread.
     """
 
@@ -156,7 +157,8 @@ class BatchUpstreamExecutor(UpstreamExecutor):
 
     @abc.abstractmethod
     async def arun(self, items: list[Any], slot: int) -> Outputs:
-        """Outputs for ``items`` (the client loop thread)."""
+        """Outputs for ``items`` (on the loop that runs the call: a reactor's or the
+        client loop)."""
 
     def run_async(self, items: list[Any], slot: int) -> asyncio.Future[Outputs] | Future[Outputs]:
         return self.client.begin(self.arun(items, slot))

@@ -60,8 +60,9 @@ _encoder = msgspec.json.Encoder()
 
 
 class KServeTensorExecutor(BatchUpstreamExecutor):
-    """A tensor model on KServe v2 replicas. ``arun`` runs on the client loop (the Batcher
-    starts it with ``run_async``); ``spec`` is set by ``load`` and read-only afterwards."""
+    """A tensor model on KServe v2 replicas. ``arun`` runs on the loop of the reactor that
+    starts the batch, or the client loop (the Batcher starts it with ``run_async``);
+    ``spec`` is set by ``load`` and read-only afterwards."""
 
     kind = "kserve"
     default_health_path = "/v2/health/ready"

@@ -50,8 +50,8 @@ _decoder = msgspec.json.Decoder(_Reply)
 
 class OpenAIEmbeddingsExecutor(BatchUpstreamExecutor):
     """Embeddings on OpenAI-compatible replicas (``executor = "openai"``, task
-    ``embeddings``). ``arun`` runs on the client loop (the Batcher starts it with
-    ``run_async``)."""
+    ``embeddings``). ``arun`` runs on the loop of the reactor that starts the batch, or the
+    client loop (the Batcher starts it with ``run_async``)."""
 
     kind = "openai"
     default_health_path = "/v1/models"

@@ -199,7 +199,7 @@ class ReplicaSet:
 
     def try_acquire(self, exclude: Collection[Replica] = ()) -> Replica | None:
         """``acquire`` without waiting: None when every healthy replica is at
-        ``max_inflight``. Thread-safe; never blocks (the client loop calls it).
+        ``max_inflight``. Thread-safe; never blocks (the loops making calls use it).
 
         Raises:
             UpstreamError: 502 ``upstream_unavailable``: no healthy replica.
