@@ -50,6 +50,8 @@ ACCEPT_BURST = 64
 """Connections accepted per readiness event before returning to the loop."""
 ACCEPT_BACKOFF_S = 0.1
 """Pause of the accept loop after EMFILE/ENFILE, so a full fd table does not spin the CPU."""
+CANCEL_AT_STOP_S = 1.0
+"""How long the tasks left on a stopping sub-reactor's loop get to end once cancelled."""
 CUTOFF_WRITE_S = 1.0
 """After ``on_cutoff``, how long the sub-reactors may take to write the answers it produced."""
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -60,6 +62,17 @@ def tick_interval(limits: Limits) -> float:
     """How often a sub-reactor checks connection deadlines and refreshes its Date header."""
     shortest = min(limits.header_timeout_ms, limits.idle_timeout_ms) / 1000
     return max(0.01, min(0.5, shortest / 4))
+
+
+async def _cancel_the_rest(loop: asyncio.AbstractEventLoop) -> None:
+    """What ``asyncio.run`` does before closing a loop: cancel the tasks still pending (e.g. a
+    gateway call a closing model scheduled here as the reactor stopped) and let them end, so
+    that their callbacks run (a batch is answered) instead of being destroyed pending."""
+    rest = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    if rest:
+        await asyncio.wait(rest, timeout=CANCEL_AT_STOP_S)
 
 
 class SubReactor:
@@ -116,6 +129,7 @@ class SubReactor:
             self.loop.run_forever()
         finally:
             self.loop.run_until_complete(lent.reclaim(self.loop))
+            self.loop.run_until_complete(_cancel_the_rest(self.loop))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 

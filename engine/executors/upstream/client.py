@@ -335,7 +335,19 @@ class UpstreamClient:
         """Start a call: on the calling reactor's loop (``pools.py``), or else on this
         model's loop. Its future's callbacks run on the loop that runs it. Thread-safe."""
         task = self.pools.start(coro)
-        return task if task is not None else self.submit(coro)
+        return task if task is not None else self.submit(self._tracked(coro))
+
+    async def _tracked(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """``coro`` on this model's loop, known to its pool: closing the model cancels it if
+        it is still waiting (``LeanPool.aclose``), so its batch is answered."""
+        task, lean = asyncio.current_task(), self._lean
+        if task is None or lean is None:
+            return await coro
+        lean.calls.add(task)
+        try:
+            return await coro
+        finally:
+            lean.calls.discard(task)
 
     def submit(self, coro: Any) -> Future[Any]:
         """Run ``coro`` on the loop thread. Thread-safe."""
@@ -372,7 +384,7 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
         if self._lean is not None:
-            self._lean.close()
+            await self._lean.aclose()  # a call still waiting for a replica is cancelled
 
     async def _send(
         self, method: str, base: str, path: str, body: bytes | None, headers: Mapping[str, str]

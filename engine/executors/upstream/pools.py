@@ -105,10 +105,11 @@ class LoopPools:
         for loop, pool in pools.items():
             if not lent.forget(loop, self):
                 continue  # that reactor is stopping: its closer closes the pool
+            aclose = pool.aclose()
             try:
-                closing.append(asyncio.run_coroutine_threadsafe(pool.aclose(), loop))
-            except RuntimeError:  # the loop closed since: its reactor reclaimed the pool
-                continue
+                closing.append(asyncio.run_coroutine_threadsafe(aclose, loop))
+            except RuntimeError:  # the loop closed since; its reactor cancelled what was left
+                aclose.close()
         deadline = time.monotonic() + CLOSE_WAIT_S
         for done in closing:
             try:

@@ -8,6 +8,7 @@ A real SubReactor thread, a real UpstreamClient and a replica that is an asyncio
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -259,7 +260,10 @@ def test_a_model_closing_while_a_reactor_reclaims_its_loop_still_closes_its_pool
     finally:
         if not release.done():
             sub.loop.call_soon_threadsafe(release.set_result, None)
-        stopper.join(WAIT_S)
+        if stopper.is_alive():
+            stopper.join(WAIT_S)
+        sub.stop()  # a no-op once stopped
+        client.close()  # a no-op once closed
         files.shutdown()
 
 
@@ -313,3 +317,26 @@ def test_a_call_that_must_wait_after_the_model_closed_is_refused(replica: Replic
     with pytest.raises(UpstreamError) as info:
         asyncio.run(client.apost("/", b"{}"))
     assert (info.value.status, info.value.message) == (502, "model m is closing")
+
+
+def test_a_closing_model_ends_the_calls_on_its_own_loop_and_frees_their_slots(
+    replica: Replica,
+) -> None:
+    cfg = UpstreamConfig(max_inflight=1, request_timeout_ms=30_000, health_interval_ms=60_000)
+    client = UpstreamClient("m", ReplicaSet([replica.url], 1, 3, 5.0, 60.0), cfg, "/")
+    client.start()
+    taken = client.replicas.try_acquire()  # the only slot, held elsewhere
+    assert taken is not None
+    # begun off the reactors (as by the deadline thread): on the model's loop, waiting
+    waiting = client.begin(_call(client))
+    wait_until(
+        lambda: any(t.name.startswith("upstream-wait-m") for t in threading.enumerate()),
+        WAIT_S,
+        "the call waits for the slot on a thread",
+    )
+    client.close()
+    assert waiting.done()  # answered (cancelled), not left pending on a stopped loop
+    with pytest.raises(concurrent.futures.CancelledError):
+        waiting.result(0)
+    client.replicas.release(taken, counted=False)  # the wait takes it now, and gives it back
+    wait_until(lambda: client.replicas.replicas[0].inflight == 0, WAIT_S, "every slot given back")
