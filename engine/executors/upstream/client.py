@@ -341,13 +341,9 @@ class UpstreamClient:
         """``coro`` on this model's loop, known to its pool: closing the model cancels it if
         it is still waiting (``LeanPool.aclose``), so its batch is answered."""
         task, lean = asyncio.current_task(), self._lean
-        if task is None or lean is None:
-            return await coro
-        lean.calls.add(task)
-        try:
-            return await coro
-        finally:
-            lean.calls.discard(task)
+        if task is not None and lean is not None:
+            lean.track(task)
+        return await coro
 
     def submit(self, coro: Any) -> Future[Any]:
         """Run ``coro`` on the loop thread. Thread-safe."""

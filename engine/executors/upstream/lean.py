@@ -227,7 +227,7 @@ class LeanPool:
         self._busy: set[_Conn] = set()
         """Connections with a call in flight."""
         self.calls: set[asyncio.Task[Any]] = set()
-        """The calls running on this pool's loop (kept by ``pools.LoopPools``)."""
+        """The calls running on this pool's loop (``track``), ended by ``aclose``."""
         self.closed = False
 
     async def request(
@@ -314,6 +314,11 @@ class LeanPool:
             proto.close()
             raise _closed()
         return proto
+
+    def track(self, call: asyncio.Task[Any]) -> None:
+        """Count ``call`` (a task on this pool's loop) among ``calls`` until it ends."""
+        self.calls.add(call)
+        call.add_done_callback(self.calls.discard)
 
     def close(self) -> None:
         """Close every connection: idle ones, and busy ones (their calls fail at once with

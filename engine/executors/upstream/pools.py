@@ -68,8 +68,7 @@ class LoopPools:
             if pool is None:
                 return None
         task = loop.create_task(coro)
-        pool.calls.add(task)
-        task.add_done_callback(pool.calls.discard)
+        pool.track(task)
         return task
 
     def here(self) -> LeanPool | None:
