@@ -174,27 +174,21 @@ def test_a_call_begun_off_the_reactors_runs_on_the_model_loop(replica: Replica) 
 
 
 def test_a_stopping_reactor_closes_its_pool_and_fails_the_call_in_flight(
-    replica: Replica,
+    replica: Replica, reactor: SubReactor
 ) -> None:
-    limits = Limits()
-    files = ThreadPoolExecutor(1)
-    sub = SubReactor(0, Router(), limits, files, bounds=ProcessBounds(limits))
-    sub.start()
     client = make_client(replica.url)
     try:
-        assert begin_on(sub, client).result(WAIT_S)[1] == 200
+        assert begin_on(reactor, client).result(WAIT_S)[1] == 200
         replica.hang = True
-        pending = begin_on(sub, client)
+        pending = begin_on(reactor, client)
         wait_until(lambda: replica.requests == 2, WAIT_S, "the second call reaches the replica")
-        sub.stop()  # returns once the loop has closed what it lent
+        reactor.stop()  # returns once the loop has closed what it lent
         with pytest.raises(UpstreamError) as info:
             pending.result(0)  # already answered: the batch is not left hanging
         assert info.value.status == 502
         wait_until(lambda: replica.closed == 1, WAIT_S, "the replica sees the connection end")
-        assert not lent.is_lent(sub.loop)
+        assert not lent.is_lent(reactor.loop)
     finally:
-        sub.stop()
-        files.shutdown()
         client.close()
 
 
@@ -233,45 +227,37 @@ def test_only_a_lent_loop_takes_registrations() -> None:
 
 
 def test_a_model_closing_while_a_reactor_reclaims_its_loop_still_closes_its_pool(
-    replica: Replica,
+    replica: Replica, reactor: SubReactor
 ) -> None:
-    limits = Limits()
-    files = ThreadPoolExecutor(1)
-    sub = SubReactor(0, Router(), limits, files, bounds=ProcessBounds(limits))
-    sub.start()
     reclaiming = threading.Event()
-    release: asyncio.Future[None] = sub.loop.create_future()
+    release: asyncio.Future[None] = reactor.loop.create_future()
 
     async def earlier_owner() -> None:  # another model's pool, still closing
         reclaiming.set()
         await release
 
-    assert lent.register(sub.loop, "earlier", earlier_owner)
+    assert lent.register(reactor.loop, "earlier", earlier_owner)
     client = make_client(replica.url)
-    stopper = threading.Thread(target=sub.stop)
+    stopper = threading.Thread(target=reactor.stop)
     try:
-        assert begin_on(sub, client).result(WAIT_S)[1] == 200
+        assert begin_on(reactor, client).result(WAIT_S)[1] == 200
         stopper.start()
         assert reclaiming.wait(WAIT_S)
         client.close()  # the reactor already holds this model's closer: close leaves it
-        sub.loop.call_soon_threadsafe(release.set_result, None)
+        reactor.loop.call_soon_threadsafe(release.set_result, None)
         stopper.join(WAIT_S)
         wait_until(lambda: replica.closed == 1, WAIT_S, "the replica sees the connection end")
     finally:
         if not release.done():
-            sub.loop.call_soon_threadsafe(release.set_result, None)
+            reactor.loop.call_soon_threadsafe(release.set_result, None)
         if stopper.is_alive():
             stopper.join(WAIT_S)
-        sub.stop()  # a no-op once stopped
         client.close()  # a no-op once closed
-        files.shutdown()
 
 
-def test_a_stopping_reactor_cancels_a_call_that_waits_for_a_replica(replica: Replica) -> None:
-    limits = Limits()
-    files = ThreadPoolExecutor(1)
-    sub = SubReactor(0, Router(), limits, files, bounds=ProcessBounds(limits))
-    sub.start()
+def test_a_stopping_reactor_cancels_a_call_that_waits_for_a_replica(
+    replica: Replica, reactor: SubReactor
+) -> None:
     cfg = UpstreamConfig(max_inflight=1, request_timeout_ms=30_000, health_interval_ms=60_000)
     client = UpstreamClient("m", ReplicaSet([replica.url], 1, 3, 5.0, 60.0), cfg, "/")
     client.start()
@@ -279,14 +265,12 @@ def test_a_stopping_reactor_cancels_a_call_that_waits_for_a_replica(replica: Rep
     try:
         holding = client.begin(_call(client))  # on the model's loop: the only slot, unanswered
         wait_until(lambda: replica.requests == 1, WAIT_S, "the first call reaches the replica")
-        waiting = begin_on(sub, client)  # on the reactor: waits for the slot on a thread
-        sub.stop()
+        waiting = begin_on(reactor, client)  # on the reactor: waits for the slot on a thread
+        reactor.stop()
         with pytest.raises(asyncio.CancelledError):
             waiting.result(0)  # answered before the reactor's loop closed
         assert not holding.done()
     finally:
-        sub.stop()
-        files.shutdown()
         client.close()  # fails the first call; the wait then takes the slot and gives it back
     wait_until(
         lambda: client.replicas.replicas[0].inflight == 0, WAIT_S, "no slot kept by the wait"
